@@ -1,0 +1,74 @@
+"""Apply recipient commands (upsert, delete, history) to the tables.
+
+Commands arrive in batches, one Kafka event per partition chunk, and are
+applied in order, so writes for one recipient keep the order the API or the
+import produced them in. A bad event or command is logged, counted and
+skipped: it never stops the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from streamapp import metrics
+from streamapp.models import (
+    AppendHistory,
+    Command,
+    DeleteRecipient,
+    UpsertRecipient,
+    decode_batch,
+    decode_history,
+    decode_recipient,
+    encode,
+)
+from streamapp.partitioning import recipient_key
+from streamapp.state import append_history, apply_upsert
+
+if TYPE_CHECKING:
+    from streamapp.app import StreamApp
+
+log = logging.getLogger(__name__)
+
+
+def apply_command(recipients: Any, history: Any, command: Command) -> None:
+    """Apply one command to the tables (inside an agent: writes go to the changelog)."""
+    key = recipient_key(command.database, command.originalId)
+    if isinstance(command, UpsertRecipient):
+        raw = recipients.get(key)
+        current = decode_recipient(raw) if raw is not None else None
+        recipients[key] = encode(apply_upsert(current, command))
+    elif isinstance(command, DeleteRecipient):
+        recipients.pop(key, None)
+        history.pop(key, None)
+    elif isinstance(command, AppendHistory):
+        raw = history.get(key)
+        records = decode_history(raw) if raw is not None else []
+        history[key] = encode(append_history(records, command.records))
+
+
+def register(sa: StreamApp) -> None:
+    """Attach the agent to the app."""
+
+    @sa.faust.agent(sa.recipient_commands, name="apply-recipient-commands")
+    async def apply_recipient_commands(stream: Any) -> AsyncIterator[None]:
+        async for event in stream.events():
+            try:
+                batch = decode_batch(event.value)
+            except msgspec.DecodeError as exc:
+                log.error("skipping undecodable command batch at %s: %s", event.message.tp, exc)
+                metrics.COMMANDS.labels(outcome="invalid").inc()
+                continue
+            failed = 0
+            for command in batch.commands:
+                try:
+                    apply_command(sa.recipients, sa.history, command)
+                except Exception:
+                    log.exception("skipping command that failed to apply: %r", command)
+                    failed += 1
+            metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - failed)
+            metrics.COMMANDS.labels(outcome="failed").inc(failed)
+            yield None

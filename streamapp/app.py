@@ -1,0 +1,96 @@
+"""The Faust app: topics, tables and agents wired from the settings.
+
+`create_app` builds everything from a Settings object (no module-level app),
+so the CLI, the tests and several workers in one process each get their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+from streamapp import metrics
+from streamapp.agents import recipients as recipient_agents
+from streamapp.publisher import CommandPublisher
+from streamapp.settings import Settings
+from streamapp.tables.recipients import history_table, recipients_table
+
+log = logging.getLogger(__name__)
+
+_faust_metrics: FaustMetrics | None = None
+
+
+@dataclass
+class StreamApp:
+    """One Faust app and the streams and tables it owns."""
+
+    settings: Settings
+    faust: faust.App
+    recipient_commands: Any
+    recipients: Any
+    history: Any
+
+    @property
+    def publisher(self) -> CommandPublisher:
+        return CommandPublisher(
+            self.faust.producer, self.recipient_commands.get_topic_name(), self.settings.service.partitions
+        )
+
+    def is_ready(self) -> bool:
+        """Serving: started, not rebalancing, tables recovered."""
+        app = self.faust
+        recovery = app.tables.recovery
+        return recovery.completed.is_set() and not app.rebalancing and not recovery.in_recovery
+
+
+def faust_settings(settings: Settings) -> dict[str, Any]:
+    service = settings.service
+    return {
+        "broker": service.broker if "://" in service.broker else f"kafka://{service.broker}",
+        "store": "rocksdb://",
+        "datadir": str(service.data_dir / "state"),
+        "topic_partitions": service.partitions,
+        "topic_replication_factor": service.replication_factor,
+        "producer_acks": -1,
+        # Our own aiohttp server serves the API; Faust's web (with routes that
+        # expose tables and the router) is not started at all.
+        "web_enabled": False,
+        "canonical_url": service.advertised_url,
+        "stream_wait_empty": False,
+    }
+
+
+def _monitor() -> PrometheusMonitor:
+    """Faust's own sensors, exported with our prefix on our /metrics (created once per process)."""
+    global _faust_metrics
+    if _faust_metrics is None:
+        _faust_metrics = FaustMetrics.create(metrics.registry, "streamapp_faust")
+    return PrometheusMonitor(metrics=_faust_metrics)
+
+
+def create_app(settings: Settings) -> StreamApp:
+    app = faust.App(settings.service.id, **faust_settings(settings))
+    app.monitor = _monitor()
+    partitions = settings.service.partitions
+    commands = app.topic(
+        f"{settings.service.id}-recipient-commands",
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=True,
+    )
+    sa = StreamApp(
+        settings=settings,
+        faust=app,
+        recipient_commands=commands,
+        recipients=recipients_table(app, partitions),
+        history=history_table(app, partitions),
+    )
+    recipient_agents.register(sa)
+    return sa

@@ -1,0 +1,141 @@
+"""The `streamapp` command (SPEC §1)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from streamapp.settings import ConfigError, Settings, config_path, load_settings
+
+log = logging.getLogger("streamapp")
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"config error: {issue}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        print(f"{len(exc.issues)} error(s) in {config_path()}", file=sys.stderr)
+        return 1
+    print(
+        f"{settings.path}: OK ({len(settings.databases)} database(s), {len(settings.tokens)} token(s), "
+        f"{len(settings.imports)} import(s), {len(settings.triggers)} trigger(s), "
+        f"{len(settings.campaigns)} campaign(s))"
+    )
+    return 0
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> int:
+    """Run one worker (Faust app + API) until SIGINT/SIGTERM."""
+    import faust
+
+    from streamapp.app import create_app
+    from streamapp.ingress.server import ApiServer
+
+    settings.service.data_dir.mkdir(parents=True, exist_ok=True)
+    sa = create_app(settings)
+    worker = faust.Worker(sa.faust, ApiServer(sa), loglevel=loglevel, override_logging=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    return run_worker(_settings_or_exit(), args.loglevel)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Broker (unless one answers at service.broker) plus one worker, in the foreground."""
+    from streamapp import kafka_broker
+
+    settings = _settings_or_exit()
+    host, port = kafka_broker.parse_address(settings.service.broker)
+    started_here = False
+    if not kafka_broker.is_listening(host, port):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"no broker answers at {host}:{port}, and it is not a loopback address", file=sys.stderr)
+            return 1
+        print(f"starting a local Kafka broker at {host}:{port} (first run downloads it with Maven)...")
+        try:
+            kafka_broker.start(settings.service.broker, settings.service.data_dir, kafka_broker.find_project_root())
+        except kafka_broker.BrokerError as exc:
+            print(f"cannot start the local broker: {exc}", file=sys.stderr)
+            return 1
+        started_here = True
+    try:
+        return run_worker(settings, args.loglevel)
+    finally:
+        if started_here:
+            print("stopping the local Kafka broker...")
+            kafka_broker.stop(settings.service.data_dir)
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from streamapp import kafka_broker
+
+    settings = _settings_or_exit()
+    broker, data_dir = settings.service.broker, settings.service.data_dir
+    try:
+        if args.action == "start":
+            status = kafka_broker.start(broker, data_dir, kafka_broker.find_project_root())
+        elif args.action == "stop":
+            stopped = kafka_broker.stop(data_dir)
+            print("stopped" if stopped else "not running")
+            return 0
+        else:
+            status = kafka_broker.status(broker, data_dir)
+    except kafka_broker.BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    state = "running" if status.running else "not running"
+    owner = f" (pid {status.pid})" if status.pid else (" (not started by streamapp)" if status.running else "")
+    print(f"kafka at {status.address}: {state}{owner}")
+    return 0 if status.running or args.action == "status" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamapp", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML configuration (default: $STREAMAPP_CONFIG or config/streamapp.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("dev", cmd_dev, "local broker + worker in the foreground"),
+        ("worker", cmd_worker, "one production worker"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+        p.set_defaults(func=func)
+    kafka = sub.add_parser("kafka", help="the local Kafka broker used by dev and tests")
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    kafka.set_defaults(func=cmd_kafka)
+    check = sub.add_parser("check-config", help="validate the configuration")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.config is not None:
+        import os
+
+        os.environ["STREAMAPP_CONFIG"] = str(args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""OpenAPI 3.1 description of every route the worker serves.
+
+Built from the settings so the attribute types of each configured database
+appear in the schema clients generate code from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamapp import __version__
+from streamapp.settings import Settings
+
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+
+_ATTRIBUTE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "string": {"type": ["string", "null"]},
+    "int": {"type": ["integer", "null"]},
+    "float": {"type": ["number", "null"]},
+    "bool": {"type": ["boolean", "null"]},
+    "date": {"type": ["string", "null"], "format": "date"},
+    "datetime": {"type": ["string", "null"], "format": "date-time"},
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    texts = {
+        401: "Missing or unknown bearer token",
+        403: "Token lacks the scope or the database",
+        404: "Unknown database, or no such recipient",
+        413: "Body over the size limit, or over 10,000 items",
+        422: "Invalid body or parameter; `details` names each bad field",
+        503: "Worker starting or rebalancing; retry (see Retry-After)",
+    }
+    return {str(code): _error(texts[code]) for code in codes}
+
+
+def _op(summary: str, scope: str | None, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
+    op["security"] = [{"bearer": [scope]}] if scope else []
+    if scope:
+        op["x-scope"] = scope
+    return op
+
+
+def _accepted(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": "Accepted: acknowledged by Kafka, applied asynchronously", "content": {JSON: {"schema": schema}}}
+
+
+def _batch_body(item: str) -> dict[str, Any]:
+    array = {"type": "array", "maxItems": 10_000, "items": _ref(item)}
+    return {
+        "required": True,
+        "content": {JSON: {"schema": array}, NDJSON: {"schema": _ref(item), "description": "one JSON object per line"}},
+    }
+
+
+def _schemas(settings: Settings) -> dict[str, Any]:
+    attributes = {
+        name: {"type": "object", "properties": {k: _ATTRIBUTE_SCHEMAS[v] for k, v in db.attributes.items()},
+               "additionalProperties": db.auto_create_attributes}
+        for name, db in settings.databases.items()
+    }
+    original_id = {"type": "string", "minLength": 1, "maxLength": 256}
+    status = {"type": "string", "enum": ["active", "inactive", "unsubscribed", "bounced"]}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object", "properties": {
+                    "path": {"type": "string"}, "message": {"type": "string"}}}},
+            },
+        },
+        "Attributes": {"description": "Typed by the database schema; null clears one", "oneOf": list(attributes.values()) or [{"type": "object"}]},
+        "RecipientUpdate": {"type": "object", "additionalProperties": False, "properties": {
+            "email": {"type": ["string", "null"], "format": "email"}, "attributes": _ref("Attributes"), "status": status}},
+        "RecipientBatchItem": {"type": "object", "additionalProperties": False, "required": ["originalId"], "properties": {
+            "originalId": original_id, "email": {"type": ["string", "null"], "format": "email"}, "attributes": _ref("Attributes")}},
+        "Recipient": {"type": "object", "properties": {
+            "originalId": original_id, "email": {"type": ["string", "null"]}, "attributes": {"type": "object"},
+            "status": status, "softBounces": {"type": "integer"},
+            "createdAt": {"type": "string", "format": "date-time"}, "updatedAt": {"type": "string", "format": "date-time"}}},
+        "HistoryRecordIn": {"type": "object", "additionalProperties": False, "required": ["originalId"], "properties": {
+            "originalId": original_id, "type": {"type": "string", "enum": list(settings.history_types), "default": "purchase"},
+            "time": {"type": "string", "format": "date-time", "description": "without an offset: service.timezone"},
+            "sku": {"type": "string"}, "price": {"type": "number"},
+            "quantity": {"type": "number", "description": "negative = credit"}, "total": {"type": "number"},
+            "fields": {"type": "object", "propertyNames": {"pattern": "^custom([1-9]|1[0-9]|2[0-6])$"},
+                       "additionalProperties": {"type": "string"}}}},
+        "History": {"type": "object", "properties": {"originalId": original_id, "records": {"type": "array", "items": {
+            "type": "object", "properties": {"type": {"type": "string"}, "time": {"type": "string", "format": "date-time"},
+            "sku": {"type": "string"}, "price": {"type": "number"}, "quantity": {"type": "number"},
+            "total": {"type": "number"}, "fields": {"type": "object"}}}}}},
+        "Accepted": {"type": "object", "properties": {"accepted": {"type": "integer"}, "originalId": original_id}},
+    }
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    db = {"name": "db", "in": "path", "required": True, "schema": {"type": "string", "enum": list(settings.databases)}}
+    oid = {"name": "originalId", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 256}}
+    accepted = _accepted(_ref("Accepted"))
+    recipient_path = {
+        "parameters": [db, oid],
+        "get": _op("Read a recipient", "recipients:read",
+                   {"200": {"description": "The recipient", "content": {JSON: {"schema": _ref("Recipient")}}},
+                    **_errors(401, 403, 404, 422, 503)}),
+        "put": _op("Upsert a recipient (only the fields given are touched)", "recipients:write",
+                   {"202": accepted, **_errors(401, 403, 404, 413, 422)},
+                   requestBody={"required": True, "content": {JSON: {"schema": _ref("RecipientUpdate")}}}),
+        "delete": _op("Erase the recipient and its history", "recipients:write",
+                      {"202": accepted, **_errors(401, 403, 404, 422)}),
+    }
+    paths = {
+        "/healthz": {"get": _op("Readiness", None, {"200": {"description": "ready"}, "503": {"description": "not ready"}})},
+        "/metrics": {"get": _op("Prometheus exposition", None, {"200": {"description": "metrics", "content": {"text/plain": {}}}})},
+        "/api/v1/openapi.json": {"get": _op("This document", None, {"200": {"description": "OpenAPI 3.1"}})},
+        "/api/v1/databases": {"get": _op("Databases and their schemas", "recipients:read",
+                                         {"200": {"description": "databases"}, **_errors(401, 403)})},
+        "/api/v1/databases/{db}/recipients": {
+            "parameters": [db],
+            "post": _op("Batch upsert of up to 10,000 recipients (all or nothing)", "recipients:write",
+                        {"202": accepted, **_errors(401, 403, 404, 413, 422)}, requestBody=_batch_body("RecipientBatchItem")),
+        },
+        "/api/v1/databases/{db}/recipients/{originalId}": recipient_path,
+        "/api/v1/databases/{db}/history": {
+            "parameters": [db],
+            "post": _op("Add history records (all or nothing)", "recipients:write",
+                        {"202": accepted, **_errors(401, 403, 404, 413, 422)}, requestBody=_batch_body("HistoryRecordIn")),
+        },
+        "/api/v1/databases/{db}/recipients/{originalId}/history": {
+            "parameters": [db, oid, {"name": "type", "in": "query", "required": False,
+                                     "schema": {"type": "string", "enum": list(settings.history_types)}}],
+            "get": _op("History, newest first", "recipients:read",
+                       {"200": {"description": "records", "content": {JSON: {"schema": _ref("History")}}},
+                        **_errors(401, 403, 404, 422, 503)}),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "streamapp", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(settings),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,72 @@
+"""Serving reads from any worker: find the worker that owns a key, forward if not us.
+
+A table partition lives on one worker; Faust's partition assignor tells every
+member which worker (by its advertised URL) owns which partition.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from streamapp.app import StreamApp
+from streamapp.ingress.errors import unavailable
+
+log = logging.getLogger(__name__)
+
+FORWARDED = "X-Streamapp-Forwarded"
+#: Names the worker that read the table: for operators, and to test forwarding.
+SERVED_BY = "X-Streamapp-Served-By"
+_PASSED_HEADERS = ("Authorization", "Accept")
+
+
+class OwnerRouter:
+    def __init__(self, sa: StreamApp) -> None:
+        self.sa = sa
+        self.self_url = URL(sa.settings.service.advertised_url)
+        self._session: aiohttp.ClientSession | None = None
+
+    def owner(self, table: str, key: bytes) -> URL | None:
+        """The owner's URL, or None when this worker owns the key (503 when unknown)."""
+        if not self.sa.is_ready():
+            raise unavailable("worker is starting or rebalancing")
+        try:
+            url = self.sa.faust.router.key_store(table, key)
+        except KeyError:
+            raise unavailable("partition assignment not known yet") from None
+        if (url.host, url.port) == (self.self_url.host, self.self_url.port):
+            return None
+        return url
+
+    async def forward(self, request: web.Request, owner: URL) -> web.Response:
+        """Replay the GET on the owner; a forwarded request is never forwarded again."""
+        if request.headers.get(FORWARDED):
+            raise unavailable("ownership is moving between workers")
+        headers = {h: request.headers[h] for h in _PASSED_HEADERS if h in request.headers}
+        headers[FORWARDED] = "1"
+        target = owner.with_path(request.rel_url.raw_path, encoded=True).with_query(request.rel_url.query)
+        try:
+            async with self.session.get(target, headers=headers) as reply:
+                body = await reply.read()
+                headers = {SERVED_BY: reply.headers.get(SERVED_BY, str(owner))}
+                return web.Response(body=body, status=reply.status, content_type=reply.content_type, headers=headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("forwarding to %s failed: %s", owner, exc)
+            raise unavailable("owner of this recipient is unreachable") from None
+
+    def served_here(self, response: web.Response) -> web.Response:
+        response.headers[SERVED_BY] = str(self.self_url)
+        return response
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,60 @@
+"""Publishing recipient commands: grouped per partition, acknowledged before returning.
+
+Callers (API, imports) get control back only once Kafka has acknowledged
+every event, which is what lets the API answer 202 without losing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from streamapp.models import Command, CommandBatch, encode
+from streamapp.partitioning import partition_for, recipient_key
+
+#: Commands per event; keeps an event far below Kafka's 1 MB message limit.
+CHUNK = 1000
+MAX_EVENT_BYTES = 900_000
+
+
+def group_by_partition(commands: Sequence[Command], partitions: int) -> dict[int, list[Command]]:
+    """Order within each partition follows the input order."""
+    groups: dict[int, list[Command]] = defaultdict(list)
+    for command in commands:
+        groups[partition_for(recipient_key(command.database, command.originalId), partitions)].append(command)
+    return groups
+
+
+def encode_chunks(commands: list[Command]) -> list[bytes]:
+    """Encode in chunks of at most CHUNK commands and MAX_EVENT_BYTES bytes."""
+    chunks: list[bytes] = []
+    for start in range(0, len(commands), CHUNK):
+        chunks.extend(_encode_bounded(commands[start : start + CHUNK]))
+    return chunks
+
+
+def _encode_bounded(commands: list[Command]) -> list[bytes]:
+    data = encode(CommandBatch(commands))
+    if len(data) <= MAX_EVENT_BYTES or len(commands) == 1:
+        return [data]
+    half = len(commands) // 2
+    return _encode_bounded(commands[:half]) + _encode_bounded(commands[half:])
+
+
+class CommandPublisher:
+    """Sends command batches to the recipient-commands topic."""
+
+    def __init__(self, producer: Any, topic: str, partitions: int) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.partitions = partitions
+
+    async def publish(self, commands: Sequence[Command]) -> None:
+        """Return once Kafka acknowledged every command; raise if any send failed."""
+        pending = []
+        for partition, group in group_by_partition(commands, self.partitions).items():
+            for chunk in encode_chunks(group):
+                pending.append(await self.producer.send(self.topic, None, chunk, partition, None, None))
+        await asyncio.gather(*pending)

@@ -1,0 +1,48 @@
+"""How commands change a recipient and its history: pure functions.
+
+Kept apart from the agent so the rules of SPEC §3 (partial upserts, sticky
+unsubscribe/bounce, history order) are unit-tested without Kafka.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from streamapp.models import STICKY_STATUSES, HistoryRecord, Recipient, UpsertRecipient
+
+#: Newest records kept per recipient: one table value holds the whole list,
+#: and Kafka caps a changelog record at 1 MB.
+HISTORY_LIMIT = 1000
+
+
+def apply_upsert(current: Recipient | None, command: UpsertRecipient) -> Recipient:
+    """Touch only the fields the command carries; replaying it is harmless."""
+    if current is None:
+        current = Recipient(originalId=command.originalId, createdAt=command.at, updatedAt=command.at)
+    changes: dict[str, object] = {"updatedAt": max(current.updatedAt, command.at)}
+    if command.email is not msgspec.UNSET:
+        changes["email"] = command.email
+    if command.attributes is not msgspec.UNSET:
+        merged = dict(current.attributes)
+        for name, value in command.attributes.items():
+            if value is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+        changes["attributes"] = merged
+    if command.status is not msgspec.UNSET:
+        changes["status"] = command.status
+        if command.status == "active":
+            changes["softBounces"] = 0
+    return msgspec.structs.replace(current, **changes)
+
+
+def apply_import_status(current: Recipient | None, status: str) -> bool:
+    """Whether an import may set this status: it never re-activates a sticky one."""
+    return current is None or current.status not in STICKY_STATUSES or status in STICKY_STATUSES
+
+
+def append_history(current: list[HistoryRecord], records: list[HistoryRecord]) -> list[HistoryRecord]:
+    """Newest first (stable for equal times), at most HISTORY_LIMIT kept."""
+    merged = sorted([*current, *records], key=lambda r: r.time, reverse=True)
+    return merged[:HISTORY_LIMIT]

@@ -1,0 +1,1 @@
+"""Faust table definitions, one module per domain."""

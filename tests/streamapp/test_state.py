@@ -1,0 +1,54 @@
+"""The rules of SPEC §3 applied to recipients and history."""
+
+from __future__ import annotations
+
+from streamapp.models import HistoryRecord, UpsertRecipient
+from streamapp.state import HISTORY_LIMIT, append_history, apply_upsert
+
+
+def upsert(at: str = "2026-01-01T00:00:00+00:00", **fields: object) -> UpsertRecipient:
+    return UpsertRecipient(database="members", originalId="C1", at=at, **fields)  # type: ignore[arg-type]
+
+
+def test_new_recipient_is_active_with_timestamps() -> None:
+    r = apply_upsert(None, upsert(email="a@example.com"))
+    assert (r.status, r.email, r.createdAt, r.updatedAt) == ("active", "a@example.com", r.createdAt, r.createdAt)
+
+
+def test_partial_upsert_touches_only_given_fields() -> None:
+    r = apply_upsert(None, upsert(email="a@example.com", attributes={"firstname": "Ann", "zipcode": "111"}))
+    r = apply_upsert(r, upsert(at="2026-01-02T00:00:00+00:00", attributes={"zipcode": "222"}))
+    assert r.email == "a@example.com"
+    assert r.attributes == {"firstname": "Ann", "zipcode": "222"}
+    assert r.updatedAt == "2026-01-02T00:00:00+00:00" and r.createdAt == "2026-01-01T00:00:00+00:00"
+
+
+def test_null_attribute_clears_it() -> None:
+    r = apply_upsert(None, upsert(attributes={"firstname": "Ann"}))
+    assert apply_upsert(r, upsert(attributes={"firstname": None})).attributes == {}
+
+
+def test_unsubscribed_and_bounced_stay_unless_status_is_explicit() -> None:
+    for sticky in ("unsubscribed", "bounced"):
+        r = apply_upsert(None, upsert(status=sticky))
+        r = apply_upsert(r, upsert(email="new@example.com"))
+        assert r.status == sticky
+        assert apply_upsert(r, upsert(status="active")).status == "active"
+
+
+def test_replaying_a_command_changes_nothing() -> None:
+    command = upsert(email="a@example.com", attributes={"score": 1})
+    once = apply_upsert(None, command)
+    assert apply_upsert(once, command) == once
+
+
+def test_history_newest_first_and_capped() -> None:
+    def rec(t: str, sku: str = "A") -> HistoryRecord:
+        return HistoryRecord(type="purchase", time=t, sku=sku)
+
+    history = append_history([], [rec("2026-01-02T00:00:00+00:00"), rec("2026-01-01T00:00:00+00:00")])
+    history = append_history(history, [rec("2026-01-03T00:00:00+00:00")])
+    assert [h.time[:10] for h in history] == ["2026-01-03", "2026-01-02", "2026-01-01"]
+    many = [rec(f"2020-01-01T00:00:{i % 60:02d}+00:00", str(i)) for i in range(HISTORY_LIMIT + 5)]
+    assert len(append_history(history, many)) == HISTORY_LIMIT
+    assert append_history(history, many)[0].time[:10] == "2026-01-03"
