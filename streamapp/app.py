@@ -61,6 +61,10 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "web_enabled": False,
         "canonical_url": service.advertised_url,
         "stream_wait_empty": False,
+        # A worker that died (kill -9, lost host) holds its partitions until
+        # this expires: 10 s rather than Faust's 60 s keeps failover short.
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 2.0,
     }
 
 

@@ -553,6 +553,7 @@ def _apply_environment(r: _Reader, raw: dict[str, Any], environ: Mapping[str, st
     for var, key in (
         ("STREAMAPP_BROKER", "broker"),
         ("STREAMAPP_DATA_DIR", "data_dir"),
+        ("STREAMAPP_WEB_HOST", "web_host"),
         ("STREAMAPP_ADVERTISED_URL", "advertised_url"),
         ("STREAMAPP_PUBLIC_URL", "public_url"),
     ):

@@ -85,9 +85,7 @@ def project_root() -> Path:
 
 
 @pytest.fixture
-def broker_env(
-    tmp_path: Path, project_root: Path
-) -> Iterator[tuple[str, Path, Path]]:
+def broker_env(tmp_path: Path, project_root: Path) -> Iterator[tuple[str, Path, Path]]:
     """A free broker URL and data dir; the broker is always stopped after."""
     data_dir = tmp_path / "data"
     yield f"kafka://127.0.0.1:{_free_port()}", data_dir, project_root
@@ -132,16 +130,13 @@ def test_lifecycle_persistence_and_kill9(broker_env: tuple[str, Path, Path]) -> 
         time.sleep(0.1)
     assert not kafka_broker.status(url, data_dir).managed  # stale pid dropped
 
-    print(subprocess.run(["ps","-ef"],capture_output=True,text=True).stdout[-3000:], (data_dir/"kafka"/"broker.pid").exists(), kafka_broker.status(url, data_dir))
     third = kafka_broker.start(url, data_dir, root, timeout=60)
     assert third.running and third.managed and third.pid not in (first.pid, second.pid)
     asyncio.run(_produce(address, b"after-kill"))
     assert asyncio.run(_read_all(address)) == [b"hello", b"after-kill"]
 
 
-def test_foreign_listener_is_not_started_or_managed(
-    tmp_path: Path, project_root: Path
-) -> None:
+def test_foreign_listener_is_not_started_or_managed(tmp_path: Path, project_root: Path) -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
@@ -184,17 +179,13 @@ def test_parse_address_rejects_garbage(url: str) -> None:
         kafka_broker.parse_address(url)
 
 
-def test_ensure_jars_without_java(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_ensure_jars_without_java(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(BrokerError, match=r"`java` was not found on PATH.*Java 17"):
         kafka_broker.ensure_jars(kafka_broker.find_project_root())
 
 
-def test_ensure_jars_without_maven(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_ensure_jars_without_maven(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A fresh checkout (empty jar cache) needs mvn, and says so."""
     pom = kafka_broker.find_project_root() / "deploy" / "kafka" / "pom.xml"
     (tmp_path / "deploy" / "kafka").mkdir(parents=True)
