@@ -19,6 +19,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check streamapp agents tables tests bench
+	$(BIN)/ruff format --check streamapp agents tables tests bench
 	$(BIN)/mypy
 
 test: lint

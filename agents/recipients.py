@@ -2,8 +2,9 @@
 
 Commands arrive in batches, one Kafka event per partition chunk, and are
 applied in order, so writes for one recipient keep the order the API or the
-import produced them in. A bad event or command is logged, counted and
-skipped: it never stops the agent.
+import produced them in. Each chunk is written with one RocksDB batch and one
+changelog batch per table (see tables.bulk). A bad event or command is
+logged, counted and skipped: it never stops the agent.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from streamapp.models import (
 )
 from streamapp.partitioning import recipient_key
 from streamapp.state import append_history, apply_upsert
+from streamapp.tables.bulk import PartitionChunk
 
 if TYPE_CHECKING:
     from streamapp.app import StreamApp
@@ -34,26 +36,39 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def apply_command(recipients: Any, history: Any, command: Command) -> None:
-    """Apply one command to the tables (inside an agent: writes go to the changelog)."""
+def apply_command(recipients: PartitionChunk, history: PartitionChunk, command: Command) -> None:
+    """Stage the effect of one command on the chunk's tables."""
     key = recipient_key(command.database, command.originalId)
     if isinstance(command, UpsertRecipient):
         raw = recipients.get(key)
         current = decode_recipient(raw) if raw is not None else None
-        recipients[key] = encode(apply_upsert(current, command))
+        recipients.set(key, encode(apply_upsert(current, command)))
     elif isinstance(command, DeleteRecipient):
-        recipients.pop(key, None)
-        history.pop(key, None)
+        recipients.set(key, None)
+        history.set(key, None)
     elif isinstance(command, AppendHistory):
         raw = history.get(key)
         records = decode_history(raw) if raw is not None else []
-        history[key] = encode(append_history(records, command.records))
+        history.set(key, encode(append_history(records, command.records)))
+
+
+def apply_commands(recipients: PartitionChunk, history: PartitionChunk, commands: list[Command]) -> int:
+    """Stage every command in order; return how many failed (and were skipped)."""
+    recipients.prefetch([recipient_key(c.database, c.originalId) for c in commands if isinstance(c, UpsertRecipient)])
+    failed = 0
+    for command in commands:
+        try:
+            apply_command(recipients, history, command)
+        except Exception:
+            log.exception("skipping command that failed to apply: %r", command)
+            failed += 1
+    return failed
 
 
 def register(sa: StreamApp) -> None:
     """Attach the agent to the app."""
 
-    @sa.faust.agent(sa.recipient_commands, name="apply-recipient-commands")
+    @sa.faust.agent(sa.recipient_commands, name="apply-recipient-commands")  # type: ignore[untyped-decorator]
     async def apply_recipient_commands(stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             try:
@@ -62,13 +77,12 @@ def register(sa: StreamApp) -> None:
                 log.error("skipping undecodable command batch at %s: %s", event.message.tp, exc)
                 metrics.COMMANDS.labels(outcome="invalid").inc()
                 continue
-            failed = 0
-            for command in batch.commands:
-                try:
-                    apply_command(sa.recipients, sa.history, command)
-                except Exception:
-                    log.exception("skipping command that failed to apply: %r", command)
-                    failed += 1
+            partition = event.message.partition
+            recipients = PartitionChunk(sa.recipients, partition)
+            history = PartitionChunk(sa.history, partition)
+            failed = apply_commands(recipients, history, batch.commands)
+            await recipients.flush(sa.faust)
+            await history.flush(sa.faust)
             metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - failed)
             metrics.COMMANDS.labels(outcome="failed").inc(failed)
             yield None

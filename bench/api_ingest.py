@@ -21,8 +21,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamapp import kafka_broker  # noqa: E402
-from tests.fixtures import ROOT, TOKENS, WorkerPool, free_port  # noqa: E402
+from streamapp import kafka_broker
+from tests.fixtures import ROOT, TOKENS, WorkerPool, free_port
 
 HEADERS = {"Authorization": f"Bearer {TOKENS['admin']}"}
 
@@ -59,11 +59,16 @@ async def batch_upserts(url: str, batches: int, size: int, concurrency: int) -> 
     """POST `batches` bodies of `size` recipients; time until the last of every batch is readable."""
     run = uuid.uuid4().hex[:6]
     bodies = [
-        json.dumps([
-            {"originalId": f"b{run}-{b}-{i}", "email": f"b{b}.{i}@example.com",
-             "attributes": {"firstname": "Ann", "score": i, "zipcode": "11122"}}
-            for i in range(size)
-        ]).encode()
+        json.dumps(
+            [
+                {
+                    "originalId": f"b{run}-{b}-{i}",
+                    "email": f"b{b}.{i}@example.com",
+                    "attributes": {"firstname": "Ann", "score": i, "zipcode": "11122"},
+                }
+                for i in range(size)
+            ]
+        ).encode()
         for b in range(batches)
     ]
     semaphore = asyncio.Semaphore(concurrency)

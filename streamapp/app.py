@@ -13,7 +13,7 @@ from typing import Any
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
-from streamapp import metrics
+from streamapp import metrics, transport
 from streamapp.agents import recipients as recipient_agents
 from streamapp.publisher import CommandPublisher
 from streamapp.settings import Settings
@@ -56,6 +56,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "topic_partitions": service.partitions,
         "topic_replication_factor": service.replication_factor,
         "producer_acks": -1,
+        # Chunked table writes send many records per partition at once.
+        "producer_max_batch_size": 512 * 1024,
         # Our own aiohttp server serves the API; Faust's web (with routes that
         # expose tables and the router) is not started at all.
         "web_enabled": False,
@@ -68,16 +70,34 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+class _Monitor(PrometheusMonitor):  # type: ignore[misc]
+    """Faust's Prometheus sensors without the per-key table ones.
+
+    A labelled counter update per table read and write cost 13% of a bulk
+    upsert's CPU; rows are counted per chunk in streamapp_recipient_commands.
+    """
+
+    def on_table_get(self, table: Any, key: Any) -> None:
+        pass
+
+    def on_table_set(self, table: Any, key: Any, value: Any) -> None:
+        pass
+
+    def on_table_del(self, table: Any, key: Any) -> None:
+        pass
+
+
 def _monitor() -> PrometheusMonitor:
     """Faust's own sensors, exported with our prefix on our /metrics (created once per process)."""
     global _faust_metrics
     if _faust_metrics is None:
         _faust_metrics = FaustMetrics.create(metrics.registry, "streamapp_faust")
-    return PrometheusMonitor(metrics=_faust_metrics)
+    return _Monitor(metrics=_faust_metrics)
 
 
 def create_app(settings: Settings) -> StreamApp:
     app = faust.App(settings.service.id, **faust_settings(settings))
+    transport.install(app)
     app.monitor = _monitor()
     partitions = settings.service.partitions
     commands = app.topic(

@@ -110,7 +110,9 @@ def cmd_kafka(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamapp", description=__doc__)
-    parser.add_argument("--config", type=Path, help="TOML configuration (default: $STREAMAPP_CONFIG or config/streamapp.toml)")
+    parser.add_argument(
+        "--config", type=Path, help="TOML configuration (default: $STREAMAPP_CONFIG or config/streamapp.toml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("dev", cmd_dev, "local broker + worker in the foreground"),

@@ -92,10 +92,7 @@ def parse_address(broker_url: str) -> tuple[str, int]:
     first = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", first).rstrip("/")
     host, sep, port = first.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise BrokerError(
-            f"Cannot parse broker address {broker_url!r}: expected "
-            "'kafka://HOST:PORT' or 'HOST:PORT'."
-        )
+        raise BrokerError(f"Cannot parse broker address {broker_url!r}: expected 'kafka://HOST:PORT' or 'HOST:PORT'.")
     return host.strip("[]"), int(port)
 
 
@@ -190,9 +187,7 @@ def _copy_dependencies(mvn: str, project_root: Path, lib: Path) -> None:
         "dependency:copy-dependencies", f"-DoutputDirectory={staging}",
     ]  # fmt: skip
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=MAVEN_TIMEOUT, check=False
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MAVEN_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise BrokerError(f"Maven timed out after {MAVEN_TIMEOUT:.0f}s: {cmd}") from exc
     if proc.returncode != 0 or not any(staging.glob("kafka_*.jar")):
@@ -447,9 +442,7 @@ async def _probe_async(address: str, wait: float) -> bool:
     """Ask the broker for cluster metadata: only a serving broker lists itself."""
     from aiokafka import AIOKafkaClient  # type: ignore[import-untyped,unused-ignore]
 
-    client = AIOKafkaClient(
-        bootstrap_servers=address, request_timeout_ms=max(1000, int(wait * 1000))
-    )
+    client = AIOKafkaClient(bootstrap_servers=address, request_timeout_ms=max(1000, int(wait * 1000)))
     try:
         async with asyncio.timeout(wait):
             await client.bootstrap()
@@ -498,8 +491,7 @@ def _wait_ready(host: str, port: int, pid: int, paths: _Paths, timeout: float) -
         while time.monotonic() < deadline:
             if not _alive(pid):
                 raise BrokerError(
-                    f"Kafka broker (pid {pid}) exited during startup; "
-                    f"see {paths.broker_log}:\n{_log_tail(paths)}"
+                    f"Kafka broker (pid {pid}) exited during startup; see {paths.broker_log}:\n{_log_tail(paths)}"
                 )
             if is_listening(host, port) and _probe(address, 5.0):
                 return

@@ -6,9 +6,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 registry: CollectorRegistry = REGISTRY
 
-HTTP_REQUESTS = Counter(
-    "streamapp_http_requests", "HTTP requests by route template and status code", ["route", "code"]
-)
+HTTP_REQUESTS = Counter("streamapp_http_requests", "HTTP requests by route template and status code", ["route", "code"])
 HTTP_DURATION = Histogram(
     "streamapp_http_request_duration_seconds",
     "HTTP request duration by route template",

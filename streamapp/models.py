@@ -46,7 +46,7 @@ class UpsertRecipient(msgspec.Struct, tag="upsert", kw_only=True, omit_defaults=
     database: str
     originalId: str
     at: str  # ingress time: replaying the command gives the same result
-    email: str | None | msgspec.UnsetType = msgspec.UNSET
+    email: str | msgspec.UnsetType | None = msgspec.UNSET
     attributes: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     status: Status | msgspec.UnsetType = msgspec.UNSET
 

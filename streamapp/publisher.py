@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamapp.models import Command, CommandBatch, encode
-from streamapp.partitioning import partition_for, recipient_key
+from streamapp.partitioning import partitions_for, recipient_key
 
 #: Commands per event; keeps an event far below Kafka's 1 MB message limit.
 CHUNK = 1000
@@ -22,8 +22,9 @@ MAX_EVENT_BYTES = 900_000
 def group_by_partition(commands: Sequence[Command], partitions: int) -> dict[int, list[Command]]:
     """Order within each partition follows the input order."""
     groups: dict[int, list[Command]] = defaultdict(list)
-    for command in commands:
-        groups[partition_for(recipient_key(command.database, command.originalId), partitions)].append(command)
+    keys = [recipient_key(command.database, command.originalId) for command in commands]
+    for command, partition in zip(commands, partitions_for(keys, partitions), strict=True):
+        groups[partition].append(command)
     return groups
 
 

@@ -242,15 +242,27 @@ def _is_kind(value: Any, kind: type | tuple[type, ...]) -> bool:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "an array", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "an array",
+        dict: "a table",
+    }
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 # --------------------------------------------------------------------------
@@ -526,7 +538,9 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
     templates = base / "templates"
     triggers = {
         name: TriggerSettings(name, db, template, transactional)
-        for name, db, template, transactional in _read_messages(r, raw.get("triggers"), "triggers", databases, templates)
+        for name, db, template, transactional in _read_messages(
+            r, raw.get("triggers"), "triggers", databases, templates
+        )
     }
     campaigns = {
         name: CampaignSettings(name, db, template)

@@ -25,7 +25,9 @@ STATUSES = ("active", "inactive", "unsubscribed", "bounced")
 CUSTOM_FIELDS = frozenset(f"custom{i}" for i in range(1, 27))
 # Deliberately simple: one @, no spaces, a dot in the domain; deliverability is
 # the SMTP server's call, this only catches what cannot be an address.
-EMAIL_RE = re.compile(r"^[^@\s\"<>(),;:]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+EMAIL_RE = re.compile(
+    r"^[^@\s\"<>(),;:]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
 
 
 @dataclass(frozen=True)
@@ -239,4 +241,3 @@ def now_iso() -> str:
 def to_builtins(value: Any) -> Any:
     """JSON-ready form of a struct (UNSET fields dropped)."""
     return msgspec.to_builtins(value)
-

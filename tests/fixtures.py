@@ -58,22 +58,22 @@ timezone = "Europe/Stockholm"
 
 [[tokens]]
 name = "admin"
-sha256 = "{sha(TOKENS['admin'])}"
+sha256 = "{sha(TOKENS["admin"])}"
 scopes = ["admin"]
 
 [[tokens]]
 name = "reader"
-sha256 = "{sha(TOKENS['reader'])}"
+sha256 = "{sha(TOKENS["reader"])}"
 scopes = ["recipients:read"]
 
 [[tokens]]
 name = "sender"
-sha256 = "{sha(TOKENS['sender'])}"
+sha256 = "{sha(TOKENS["sender"])}"
 scopes = ["send"]
 
 [[tokens]]
 name = "other"
-sha256 = "{sha(TOKENS['other'])}"
+sha256 = "{sha(TOKENS["other"])}"
 scopes = ["recipients:read", "recipients:write"]
 databases = ["other"]
 
@@ -115,7 +115,10 @@ class Worker:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "streamapp.cli", "worker", "--loglevel", "info"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         return self
 

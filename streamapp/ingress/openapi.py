@@ -53,7 +53,10 @@ def _op(summary: str, scope: str | None, responses: dict[str, Any], **extra: Any
 
 
 def _accepted(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": "Accepted: acknowledged by Kafka, applied asynchronously", "content": {JSON: {"schema": schema}}}
+    return {
+        "description": "Accepted: acknowledged by Kafka, applied asynchronously",
+        "content": {JSON: {"schema": schema}},
+    }
 
 
 def _batch_body(item: str) -> dict[str, Any]:
@@ -66,8 +69,11 @@ def _batch_body(item: str) -> dict[str, Any]:
 
 def _schemas(settings: Settings) -> dict[str, Any]:
     attributes = {
-        name: {"type": "object", "properties": {k: _ATTRIBUTE_SCHEMAS[v] for k, v in db.attributes.items()},
-               "additionalProperties": db.auto_create_attributes}
+        name: {
+            "type": "object",
+            "properties": {k: _ATTRIBUTE_SCHEMAS[v] for k, v in db.attributes.items()},
+            "additionalProperties": db.auto_create_attributes,
+        }
         for name, db in settings.databases.items()
     }
     original_id = {"type": "string", "minLength": 1, "maxLength": 256}
@@ -78,72 +84,178 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "required": ["error"],
             "properties": {
                 "error": {"type": "string"},
-                "details": {"type": "array", "items": {"type": "object", "properties": {
-                    "path": {"type": "string"}, "message": {"type": "string"}}}},
+                "details": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                },
             },
         },
-        "Attributes": {"description": "Typed by the database schema; null clears one", "oneOf": list(attributes.values()) or [{"type": "object"}]},
-        "RecipientUpdate": {"type": "object", "additionalProperties": False, "properties": {
-            "email": {"type": ["string", "null"], "format": "email"}, "attributes": _ref("Attributes"), "status": status}},
-        "RecipientBatchItem": {"type": "object", "additionalProperties": False, "required": ["originalId"], "properties": {
-            "originalId": original_id, "email": {"type": ["string", "null"], "format": "email"}, "attributes": _ref("Attributes")}},
-        "Recipient": {"type": "object", "properties": {
-            "originalId": original_id, "email": {"type": ["string", "null"]}, "attributes": {"type": "object"},
-            "status": status, "softBounces": {"type": "integer"},
-            "createdAt": {"type": "string", "format": "date-time"}, "updatedAt": {"type": "string", "format": "date-time"}}},
-        "HistoryRecordIn": {"type": "object", "additionalProperties": False, "required": ["originalId"], "properties": {
-            "originalId": original_id, "type": {"type": "string", "enum": list(settings.history_types), "default": "purchase"},
-            "time": {"type": "string", "format": "date-time", "description": "without an offset: service.timezone"},
-            "sku": {"type": "string"}, "price": {"type": "number"},
-            "quantity": {"type": "number", "description": "negative = credit"}, "total": {"type": "number"},
-            "fields": {"type": "object", "propertyNames": {"pattern": "^custom([1-9]|1[0-9]|2[0-6])$"},
-                       "additionalProperties": {"type": "string"}}}},
-        "History": {"type": "object", "properties": {"originalId": original_id, "records": {"type": "array", "items": {
-            "type": "object", "properties": {"type": {"type": "string"}, "time": {"type": "string", "format": "date-time"},
-            "sku": {"type": "string"}, "price": {"type": "number"}, "quantity": {"type": "number"},
-            "total": {"type": "number"}, "fields": {"type": "object"}}}}}},
+        "Attributes": {
+            "description": "Typed by the database schema; null clears one",
+            "oneOf": list(attributes.values()) or [{"type": "object"}],
+        },
+        "RecipientUpdate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "email": {"type": ["string", "null"], "format": "email"},
+                "attributes": _ref("Attributes"),
+                "status": status,
+            },
+        },
+        "RecipientBatchItem": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["originalId"],
+            "properties": {
+                "originalId": original_id,
+                "email": {"type": ["string", "null"], "format": "email"},
+                "attributes": _ref("Attributes"),
+            },
+        },
+        "Recipient": {
+            "type": "object",
+            "properties": {
+                "originalId": original_id,
+                "email": {"type": ["string", "null"]},
+                "attributes": {"type": "object"},
+                "status": status,
+                "softBounces": {"type": "integer"},
+                "createdAt": {"type": "string", "format": "date-time"},
+                "updatedAt": {"type": "string", "format": "date-time"},
+            },
+        },
+        "HistoryRecordIn": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["originalId"],
+            "properties": {
+                "originalId": original_id,
+                "type": {"type": "string", "enum": list(settings.history_types), "default": "purchase"},
+                "time": {"type": "string", "format": "date-time", "description": "without an offset: service.timezone"},
+                "sku": {"type": "string"},
+                "price": {"type": "number"},
+                "quantity": {"type": "number", "description": "negative = credit"},
+                "total": {"type": "number"},
+                "fields": {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^custom([1-9]|1[0-9]|2[0-6])$"},
+                    "additionalProperties": {"type": "string"},
+                },
+            },
+        },
+        "History": {
+            "type": "object",
+            "properties": {
+                "originalId": original_id,
+                "records": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "type": {"type": "string"},
+                            "time": {"type": "string", "format": "date-time"},
+                            "sku": {"type": "string"},
+                            "price": {"type": "number"},
+                            "quantity": {"type": "number"},
+                            "total": {"type": "number"},
+                            "fields": {"type": "object"},
+                        },
+                    },
+                },
+            },
+        },
         "Accepted": {"type": "object", "properties": {"accepted": {"type": "integer"}, "originalId": original_id}},
     }
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     db = {"name": "db", "in": "path", "required": True, "schema": {"type": "string", "enum": list(settings.databases)}}
-    oid = {"name": "originalId", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 256}}
+    oid = {
+        "name": "originalId",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    }
     accepted = _accepted(_ref("Accepted"))
     recipient_path = {
         "parameters": [db, oid],
-        "get": _op("Read a recipient", "recipients:read",
-                   {"200": {"description": "The recipient", "content": {JSON: {"schema": _ref("Recipient")}}},
-                    **_errors(401, 403, 404, 422, 503)}),
-        "put": _op("Upsert a recipient (only the fields given are touched)", "recipients:write",
-                   {"202": accepted, **_errors(401, 403, 404, 413, 422)},
-                   requestBody={"required": True, "content": {JSON: {"schema": _ref("RecipientUpdate")}}}),
-        "delete": _op("Erase the recipient and its history", "recipients:write",
-                      {"202": accepted, **_errors(401, 403, 404, 422)}),
+        "get": _op(
+            "Read a recipient",
+            "recipients:read",
+            {
+                "200": {"description": "The recipient", "content": {JSON: {"schema": _ref("Recipient")}}},
+                **_errors(401, 403, 404, 422, 503),
+            },
+        ),
+        "put": _op(
+            "Upsert a recipient (only the fields given are touched)",
+            "recipients:write",
+            {"202": accepted, **_errors(401, 403, 404, 413, 422)},
+            requestBody={"required": True, "content": {JSON: {"schema": _ref("RecipientUpdate")}}},
+        ),
+        "delete": _op(
+            "Erase the recipient and its history", "recipients:write", {"202": accepted, **_errors(401, 403, 404, 422)}
+        ),
     }
     paths = {
-        "/healthz": {"get": _op("Readiness", None, {"200": {"description": "ready"}, "503": {"description": "not ready"}})},
-        "/metrics": {"get": _op("Prometheus exposition", None, {"200": {"description": "metrics", "content": {"text/plain": {}}}})},
+        "/healthz": {
+            "get": _op("Readiness", None, {"200": {"description": "ready"}, "503": {"description": "not ready"}})
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus exposition", None, {"200": {"description": "metrics", "content": {"text/plain": {}}}}
+            )
+        },
         "/api/v1/openapi.json": {"get": _op("This document", None, {"200": {"description": "OpenAPI 3.1"}})},
-        "/api/v1/databases": {"get": _op("Databases and their schemas", "recipients:read",
-                                         {"200": {"description": "databases"}, **_errors(401, 403)})},
+        "/api/v1/databases": {
+            "get": _op(
+                "Databases and their schemas",
+                "recipients:read",
+                {"200": {"description": "databases"}, **_errors(401, 403)},
+            )
+        },
         "/api/v1/databases/{db}/recipients": {
             "parameters": [db],
-            "post": _op("Batch upsert of up to 10,000 recipients (all or nothing)", "recipients:write",
-                        {"202": accepted, **_errors(401, 403, 404, 413, 422)}, requestBody=_batch_body("RecipientBatchItem")),
+            "post": _op(
+                "Batch upsert of up to 10,000 recipients (all or nothing)",
+                "recipients:write",
+                {"202": accepted, **_errors(401, 403, 404, 413, 422)},
+                requestBody=_batch_body("RecipientBatchItem"),
+            ),
         },
         "/api/v1/databases/{db}/recipients/{originalId}": recipient_path,
         "/api/v1/databases/{db}/history": {
             "parameters": [db],
-            "post": _op("Add history records (all or nothing)", "recipients:write",
-                        {"202": accepted, **_errors(401, 403, 404, 413, 422)}, requestBody=_batch_body("HistoryRecordIn")),
+            "post": _op(
+                "Add history records (all or nothing)",
+                "recipients:write",
+                {"202": accepted, **_errors(401, 403, 404, 413, 422)},
+                requestBody=_batch_body("HistoryRecordIn"),
+            ),
         },
         "/api/v1/databases/{db}/recipients/{originalId}/history": {
-            "parameters": [db, oid, {"name": "type", "in": "query", "required": False,
-                                     "schema": {"type": "string", "enum": list(settings.history_types)}}],
-            "get": _op("History, newest first", "recipients:read",
-                       {"200": {"description": "records", "content": {JSON: {"schema": _ref("History")}}},
-                        **_errors(401, 403, 404, 422, 503)}),
+            "parameters": [
+                db,
+                oid,
+                {
+                    "name": "type",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": list(settings.history_types)},
+                },
+            ],
+            "get": _op(
+                "History, newest first",
+                "recipients:read",
+                {
+                    "200": {"description": "records", "content": {JSON: {"schema": _ref("History")}}},
+                    **_errors(401, 403, 404, 422, 503),
+                },
+            ),
         },
     }
     return {

@@ -34,7 +34,7 @@ class OwnerRouter:
         if not self.sa.is_ready():
             raise unavailable("worker is starting or rebalancing")
         try:
-            url = self.sa.faust.router.key_store(table, key)
+            url: URL = self.sa.faust.router.key_store(table, key)
         except KeyError:
             raise unavailable("partition assignment not known yet") from None
         if (url.host, url.port) == (self.self_url.host, self.self_url.port):

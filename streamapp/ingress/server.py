@@ -77,11 +77,11 @@ def build_web_app(sa: StreamApp, owners: OwnerRouter) -> web.Application:
     return app
 
 
-class ApiServer(Service):
+class ApiServer(Service):  # type: ignore[misc]
     """Runs the aiohttp app for as long as the worker runs."""
 
     def __init__(self, sa: StreamApp, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.sa = sa
         self.owners = OwnerRouter(sa)
         self.runner = web.AppRunner(build_web_app(sa, self.owners), access_log=None)

@@ -44,13 +44,20 @@ def test_kill9_worker_and_broker_loses_nothing(own_broker: tuple[str, Path], tmp
     try:
         with client(worker) as api:
             for i in ids[:100]:  # single upserts, each acknowledged with 202
-                assert api.put(f"/api/v1/databases/members/recipients/{i}",
-                               json={"email": f"{i}@example.com", "attributes": {"score": 1}}).status_code == 202
+                assert (
+                    api.put(
+                        f"/api/v1/databases/members/recipients/{i}",
+                        json={"email": f"{i}@example.com", "attributes": {"score": 1}},
+                    ).status_code
+                    == 202
+                )
             rows = [{"originalId": i, "attributes": {"firstname": i}} for i in ids[100:]]
             assert api.post("/api/v1/databases/members/recipients", json=rows).status_code == 202
             for i in ids[:50]:  # partial updates on top
-                assert api.put(f"/api/v1/databases/members/recipients/{i}",
-                               json={"attributes": {"score": 2}}).status_code == 202
+                assert (
+                    api.put(f"/api/v1/databases/members/recipients/{i}", json={"attributes": {"score": 2}}).status_code
+                    == 202
+                )
         # Kill the worker before it can have committed or flushed everything.
         worker.kill()
         worker.start().wait_ready()

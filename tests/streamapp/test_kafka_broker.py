@@ -154,9 +154,7 @@ def test_stale_pid_file_is_dropped(tmp_path: Path) -> None:
     pid_file.parent.mkdir()
     pid_file.write_text(proc.stdout)
     result = kafka_broker.status(f"127.0.0.1:{_free_port()}", tmp_path)
-    assert result == kafka_broker.BrokerStatus(
-        running=False, pid=None, address=result.address, managed=False
-    )
+    assert result == kafka_broker.BrokerStatus(running=False, pid=None, address=result.address, managed=False)
     assert not pid_file.exists()
 
 
@@ -191,8 +189,6 @@ def test_ensure_jars_without_maven(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     (tmp_path / "deploy" / "kafka").mkdir(parents=True)
     shutil.copy(pom, tmp_path / "deploy" / "kafka" / "pom.xml")
     real_which = shutil.which
-    monkeypatch.setattr(
-        shutil, "which", lambda name, *a, **k: None if name == "mvn" else real_which(name)
-    )
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "mvn" else real_which(name))
     with pytest.raises(BrokerError, match=r"`mvn` was not found on PATH.*Maven"):
         kafka_broker.ensure_jars(tmp_path)

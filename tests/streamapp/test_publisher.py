@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamapp.models import DeleteRecipient, UpsertRecipient, decode_batch
-from streamapp.partitioning import partition_for, recipient_key
+from streamapp.partitioning import partition_for, partitions_for, recipient_key
 from streamapp.publisher import encode_chunks, group_by_partition
 
 
@@ -17,9 +17,9 @@ def test_partition_matches_kafka_default_partitioner() -> None:
 
 
 def test_grouping_keeps_order_per_recipient() -> None:
-    commands = [
-        UpsertRecipient(database="m", originalId=f"C{i % 50}", at=str(i)) for i in range(1000)
-    ] + [DeleteRecipient(database="m", originalId="C3")]
+    commands = [UpsertRecipient(database="m", originalId=f"C{i % 50}", at=str(i)) for i in range(1000)] + [
+        DeleteRecipient(database="m", originalId="C3")
+    ]
     groups = group_by_partition(commands, 8)
     assert sum(len(g) for g in groups.values()) == len(commands)
     c3 = groups[partition_for(recipient_key("m", "C3"), 8)]
@@ -36,3 +36,13 @@ def test_chunks_stay_under_the_event_size_limit() -> None:
     assert all(len(c) <= 900_000 for c in chunks)
     decoded = [cmd for c in chunks for cmd in decode_batch(c).commands]
     assert [c.originalId for c in decoded] == [c.originalId for c in commands]
+
+
+def test_vectorized_murmur2_matches_kafka_for_every_length_and_byte() -> None:
+    import random
+
+    rng = random.Random(7)
+    keys = [bytes(rng.randrange(256) for _ in range(n)) for n in range(0, 70) for _ in range(20)]
+    keys += [recipient_key("members", "Åsa-ünïcode-€"), b"", b"a"]
+    for partitions in (1, 3, 8, 64):
+        assert partitions_for(keys, partitions) == [partition_for(k, partitions) for k in keys]

@@ -51,7 +51,7 @@ def test_environment_overrides_win(tmp_path: Path) -> None:
 def test_every_error_is_reported_with_its_place(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        f"""
+        """
 [service]
 partitions = 0
 timezone = "Mars/Olympus"
@@ -96,7 +96,10 @@ def test_error_names_the_file(tmp_path: Path) -> None:
 
 def test_wrong_types_and_toml_syntax(tmp_path: Path) -> None:
     found = issues_of(write(tmp_path, '[service]\nweb_port = "80"\npartitions = true\n'))
-    assert found == ["service.web_port: expected an integer, got a string", "service.partitions: expected an integer, got a boolean"]
+    assert found == [
+        "service.web_port: expected an integer, got a string",
+        "service.partitions: expected an integer, got a boolean",
+    ]
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[service\n"), {})
 

@@ -51,7 +51,9 @@ def test_attribute_type_errors(attributes: dict[str, object], path: str, message
 
 def test_unknown_attribute_allowed_with_auto_create() -> None:
     auto = DatabaseSettings("members", True, {})
-    command, found = parse_recipient(auto, {"originalId": "C1", "attributes": {"shoe": 42, "vip": True}}, at=AT, zone=ZONE)
+    command, found = parse_recipient(
+        auto, {"originalId": "C1", "attributes": {"shoe": 42, "vip": True}}, at=AT, zone=ZONE
+    )
     assert found == [] and command is not None and command.attributes == {"shoe": "42", "vip": "true"}
     _, found = parse_recipient(auto, {"originalId": "C1", "attributes": {"tags": ["a"]}}, at=AT, zone=ZONE)
     assert [(e.path, e.message) for e in found] == [("/attributes/tags", "must be a string")]
@@ -71,9 +73,15 @@ def test_dates_are_normalised_and_naive_times_use_service_zone() -> None:
         ({"originalId": ""}, [("/originalId", "must not be empty")]),
         ({"originalId": "x" * 257}, [("/originalId", "must be at most 256 characters")]),
         ({"originalId": 12}, [("/originalId", "must be a string")]),
-        ({"originalId": "C1", "email": "not-an-address"}, [("/email", "'not-an-address' is not a valid e-mail address")]),
+        (
+            {"originalId": "C1", "email": "not-an-address"},
+            [("/email", "'not-an-address' is not a valid e-mail address")],
+        ),
         ({"originalId": "C1", "colour": "red"}, [("/colour", "unknown field")]),
-        ({"originalId": "C1", "status": "happy"}, [("/status", "must be one of active, inactive, unsubscribed, bounced")]),
+        (
+            {"originalId": "C1", "status": "happy"},
+            [("/status", "must be one of active, inactive, unsubscribed, bounced")],
+        ),
     ],
 )
 def test_field_errors(body: dict[str, object], expected: list[tuple[str, str]]) -> None:
@@ -93,16 +101,23 @@ def test_all_errors_of_one_body_are_listed() -> None:
 def test_history_record_validation() -> None:
     types = ("purchase", "return")
     command, found = parse_history(
-        DB, {"originalId": "C1", "sku": "A", "price": 10, "quantity": -1, "time": "2026-01-01 10:00:00"},
-        types=types, at=AT, zone=ZONE,
+        DB,
+        {"originalId": "C1", "sku": "A", "price": 10, "quantity": -1, "time": "2026-01-01 10:00:00"},
+        types=types,
+        at=AT,
+        zone=ZONE,
     )
     assert found == [] and command is not None
     record = command.records[0]
     assert record.quantity == -1 and record.type == "purchase"
     assert record.time == "2026-01-01T09:00:00+00:00"  # naive = Stockholm, stored in UTC
     _, found = parse_history(
-        DB, {"originalId": "C1", "type": "gift", "price": "10", "fields": {"custom27": "x"}},
-        types=types, at=AT, zone=ZONE, path="/0",
+        DB,
+        {"originalId": "C1", "type": "gift", "price": "10", "fields": {"custom27": "x"}},
+        types=types,
+        at=AT,
+        zone=ZONE,
+        path="/0",
     )
     assert [(e.path, e.message) for e in found] == [
         ("/0/type", "unknown history type (configured: purchase, return)"),

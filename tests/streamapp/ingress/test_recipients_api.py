@@ -71,8 +71,7 @@ def test_status_unsubscribed_is_not_undone_by_an_upsert_without_status(worker: W
 @pytest.mark.parametrize("fmt", ["json", "ndjson"])
 def test_batch_upsert_of_10000(worker: Worker, fmt: str) -> None:
     rows = [
-        {"originalId": f"{fmt}-{i}", "email": f"user{i}@example.com", "attributes": {"score": i}}
-        for i in range(10_000)
+        {"originalId": f"{fmt}-{i}", "email": f"user{i}@example.com", "attributes": {"score": i}} for i in range(10_000)
     ]
     if fmt == "json":
         content, ctype = json.dumps(rows).encode(), "application/json"
@@ -104,10 +103,25 @@ def test_batch_with_a_bad_row_accepts_nothing(worker: Worker) -> None:
 
 def test_history_post_get_order_and_filter(worker: Worker) -> None:
     records = [
-        {"originalId": "H-1", "type": "purchase", "sku": "A", "price": 10.0, "quantity": 2, "total": 20.0,
-         "time": "2026-01-01T10:00:00+01:00"},
-        {"originalId": "H-1", "type": "purchase", "sku": "B", "price": 5.0, "quantity": -1, "total": -5.0,
-         "time": "2026-03-01T10:00:00+01:00", "fields": {"custom1": "store-7"}},
+        {
+            "originalId": "H-1",
+            "type": "purchase",
+            "sku": "A",
+            "price": 10.0,
+            "quantity": 2,
+            "total": 20.0,
+            "time": "2026-01-01T10:00:00+01:00",
+        },
+        {
+            "originalId": "H-1",
+            "type": "purchase",
+            "sku": "B",
+            "price": 5.0,
+            "quantity": -1,
+            "total": -5.0,
+            "time": "2026-03-01T10:00:00+01:00",
+            "fields": {"custom1": "store-7"},
+        },
         {"originalId": "H-1", "type": "return", "sku": "A", "time": "2026-02-01T10:00:00"},
     ]
     with client(worker) as api:
@@ -185,8 +199,11 @@ def test_token_restricted_to_a_database_sees_only_it(worker: Worker) -> None:
         ({"attributes": {"ratio": "x"}}, "/attributes/ratio", "must be a number"),
         ({"attributes": {"vip": "yes"}}, "/attributes/vip", "must be true or false"),
         ({"attributes": {"birthday": "1 May"}}, "/attributes/birthday", "must be an ISO 8601 date (YYYY-MM-DD)"),
-        ({"attributes": {"lastSeen": "soon"}}, "/attributes/lastSeen",
-         "must be an ISO 8601 date-time (e.g. 2026-11-27T08:00:00+01:00)"),
+        (
+            {"attributes": {"lastSeen": "soon"}},
+            "/attributes/lastSeen",
+            "must be an ISO 8601 date-time (e.g. 2026-11-27T08:00:00+01:00)",
+        ),
         ({"attributes": {"shoesize": "42"}}, "/attributes/shoesize", "unknown attribute of database 'members'"),
         ({"attributes": []}, "/attributes", "must be an object"),
         ({"status": "gone"}, "/status", "must be one of active, inactive, unsubscribed, bounced"),
@@ -214,7 +231,9 @@ def test_422_for_bad_original_id_in_path_and_batch(worker: Worker) -> None:
 def test_malformed_json_and_ndjson(worker: Worker) -> None:
     with client(worker) as api:
         response = api.put(
-            "/api/v1/databases/members/recipients/M-1", content=b'{"email": ', headers={"Content-Type": "application/json"}
+            "/api/v1/databases/members/recipients/M-1",
+            content=b'{"email": ',
+            headers={"Content-Type": "application/json"},
         )
         assert response.status_code == 422
         assert response.json()["error"] == "malformed JSON"
@@ -231,7 +250,9 @@ def test_malformed_json_and_ndjson(worker: Worker) -> None:
 def test_413_for_oversized_body_and_too_many_items(worker: Worker) -> None:
     with client(worker) as api:
         huge = b"[" + b" " * (17 * 1024 * 1024) + b"]"
-        response = api.post("/api/v1/databases/members/recipients", content=huge, headers={"Content-Type": "application/json"})
+        response = api.post(
+            "/api/v1/databases/members/recipients", content=huge, headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 413
         assert "exceeds the limit" in response.json()["error"]
         rows = [{"originalId": f"too-many-{i}"} for i in range(10_001)]
@@ -252,8 +273,12 @@ def test_health_metrics_and_openapi(worker: Worker) -> None:
     document = httpx.get(f"{worker.url}/api/v1/openapi.json").json()
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) >= {
-        "/healthz", "/metrics", "/api/v1/databases", "/api/v1/databases/{db}/recipients",
-        "/api/v1/databases/{db}/recipients/{originalId}", "/api/v1/databases/{db}/history",
+        "/healthz",
+        "/metrics",
+        "/api/v1/databases",
+        "/api/v1/databases/{db}/recipients",
+        "/api/v1/databases/{db}/recipients/{originalId}",
+        "/api/v1/databases/{db}/history",
         "/api/v1/databases/{db}/recipients/{originalId}/history",
     }
     put = document["paths"]["/api/v1/databases/{db}/recipients/{originalId}"]["put"]
