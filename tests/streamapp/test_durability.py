@@ -83,11 +83,9 @@ def test_kill9_worker_and_broker_loses_nothing(own_broker: tuple[str, Path], tmp
         pool.stop_all()
 
 
-def _complete(api: httpx.Client, ids: list[str]) -> dict[str, dict[str, object]] | None:
-    try:
-        found = snapshot(api, ids)
-    except AssertionError:
-        return None
-    if any(found[i]["attributes"] != {"score": 2} for i in ids[:50]):
-        return None
+def _complete(api: httpx.Client, ids: list[str]) -> dict[str, dict[str, object]]:
+    """Every recipient readable with its last update applied (raises AssertionError until then)."""
+    found = snapshot(api, ids)
+    stale = [i for i in ids[:50] if found[i]["attributes"] != {"score": 2}]
+    assert not stale, f"{len(stale)} updates not applied, e.g. {found[stale[0]]}"
     return found
