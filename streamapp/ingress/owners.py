@@ -14,6 +14,7 @@ from yarl import URL
 
 from streamapp.app import StreamApp
 from streamapp.ingress.errors import unavailable
+from streamapp.partitioning import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,20 @@ class OwnerRouter:
         self._session: aiohttp.ClientSession | None = None
 
     def owner(self, table: str, key: bytes) -> URL | None:
-        """The owner's URL, or None when this worker owns the key (503 when unknown)."""
+        """The owner's URL, or None when this worker owns the key (503 when unknown).
+
+        The partition is computed like the writers compute it (not through the
+        producer's metadata, which may not know the changelog topic yet).
+        """
         if not self.sa.is_ready():
             raise unavailable("worker is starting or rebalancing")
-        try:
-            url: URL = self.sa.faust.router.key_store(table, key)
-        except KeyError:
-            raise unavailable("partition assignment not known yet") from None
-        if (url.host, url.port) == (self.self_url.host, self.self_url.port):
-            return None
-        return url
+        partition = partition_for(key, self.sa.settings.service.partitions)
+        changelog = self.sa.faust.tables[table].changelog_topic.get_topic_name()
+        for url, topics in self.sa.faust.assignor.changelog_distribution.items():
+            if partition in topics.get(changelog, ()):
+                owner = URL(url)
+                return None if (owner.host, owner.port) == (self.self_url.host, self.self_url.port) else owner
+        raise unavailable("partition assignment not known yet")
 
     async def forward(self, request: web.Request, owner: URL) -> web.Response:
         """Replay the GET on the owner; a forwarded request is never forwarded again."""

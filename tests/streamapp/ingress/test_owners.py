@@ -35,3 +35,11 @@ def test_two_workers_answer_for_each_others_keys(workers: WorkerPool) -> None:
                 api.get(f"/api/v1/databases/members/recipients/{i}").headers["X-Streamapp-Served-By"] for i in ids
             }
         assert served_by == {first.url, second.url}
+
+
+def test_a_fresh_worker_answers_reads_before_any_write(workers: WorkerPool) -> None:
+    """Ownership comes from the assignment, not from producer metadata filled by earlier sends."""
+    worker = workers.create(partitions=8)
+    with client(worker) as api:
+        assert api.get("/api/v1/databases/members/recipients/nobody").status_code == 404
+        assert api.get("/api/v1/databases/members/recipients/nobody/history").json()["records"] == []

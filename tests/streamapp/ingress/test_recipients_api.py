@@ -19,6 +19,8 @@ def get_when(worker: Worker, path: str, check: Any = lambda body: True, timeout:
 
         def attempt() -> Any:
             response = api.get(path)
+            if response.status_code not in (200, 404, 503):  # a server error fails at once, no retry
+                pytest.fail(f"GET {path}: {response.status_code} {response.text}")
             if response.status_code == 200 and check(response.json()):
                 return response.json()
             return None
