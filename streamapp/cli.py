@@ -45,7 +45,14 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     from streamapp.app import create_app
     from streamapp.ingress.server import ApiServer
 
+    from streamapp.topics import TopicError, ensure_topics_sync
+
     settings.service.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_topics_sync(settings)
+    except TopicError as exc:
+        log.error("%s", exc)
+        return 2
     sa = create_app(settings)
     worker = faust.Worker(sa.faust, ApiServer(sa), loglevel=loglevel, override_logging=True)
     try:
