@@ -44,7 +44,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
 
     from streamapp.app import create_app
     from streamapp.ingress.server import ApiServer
-
     from streamapp.topics import TopicError, ensure_topics_sync
 
     settings.service.data_dir.mkdir(parents=True, exist_ok=True)

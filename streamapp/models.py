@@ -29,8 +29,13 @@ class Recipient(msgspec.Struct, kw_only=True):
 
 
 class HistoryRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One typed activity of a recipient; a negative quantity is a credit."""
+    """One typed activity of a recipient; a negative quantity is a credit.
 
+    `id` is given at ingress (random for the API, derived from file and line
+    for imports), so a command applied twice after a crash adds it once.
+    """
+
+    id: str
     type: str
     time: str
     sku: str | None = None

@@ -43,6 +43,10 @@ def apply_import_status(current: Recipient | None, status: str) -> bool:
 
 
 def append_history(current: list[HistoryRecord], records: list[HistoryRecord]) -> list[HistoryRecord]:
-    """Newest first (stable for equal times), at most HISTORY_LIMIT kept."""
-    merged = sorted([*current, *records], key=lambda r: r.time, reverse=True)
+    """Newest first (times are UTC ISO strings), at most HISTORY_LIMIT kept; known ids are skipped."""
+    known = {r.id for r in current}
+    new = [r for r in records if r.id not in known]
+    if not new:
+        return current
+    merged = sorted([*new, *current], key=lambda r: r.time, reverse=True)
     return merged[:HISTORY_LIMIT]

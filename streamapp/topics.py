@@ -33,10 +33,12 @@ def bootstrap_servers(settings: Settings) -> str:
     return settings.service.broker.removeprefix("kafka://")
 
 
-async def ensure_topics(settings: Settings, timeout: float = 60.0) -> None:
+async def ensure_topics(settings: Settings, request_timeout: float = 60.0) -> None:
     """Create missing source topics; check the partition count of existing ones."""
     service = settings.service
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=int(request_timeout * 1000)
+    )
     await admin.start()
     try:
         wanted = source_topics(settings)

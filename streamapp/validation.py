@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -217,7 +218,7 @@ def parse_history(
     errors += _check_custom_fields(custom, f"{path}/fields")
     if errors:
         return None, errors
-    record = HistoryRecord(type=kind, time=when, sku=sku, fields=dict(custom), **numbers)
+    record = HistoryRecord(id=uuid.uuid4().hex, type=kind, time=when, sku=sku, fields=dict(custom), **numbers)
     return AppendHistory(database=db.name, originalId=body["originalId"], records=[record]), []
 
 

@@ -44,7 +44,7 @@ def test_replaying_a_command_changes_nothing() -> None:
 
 def test_history_newest_first_and_capped() -> None:
     def rec(t: str, sku: str = "A") -> HistoryRecord:
-        return HistoryRecord(type="purchase", time=t, sku=sku)
+        return HistoryRecord(id=f"{t}/{sku}", type="purchase", time=t, sku=sku)
 
     history = append_history([], [rec("2026-01-02T00:00:00+00:00"), rec("2026-01-01T00:00:00+00:00")])
     history = append_history(history, [rec("2026-01-03T00:00:00+00:00")])
@@ -52,3 +52,10 @@ def test_history_newest_first_and_capped() -> None:
     many = [rec(f"2020-01-01T00:00:{i % 60:02d}+00:00", str(i)) for i in range(HISTORY_LIMIT + 5)]
     assert len(append_history(history, many)) == HISTORY_LIMIT
     assert append_history(history, many)[0].time[:10] == "2026-01-03"
+
+
+def test_history_replay_adds_nothing() -> None:
+    records = [HistoryRecord(id="a", type="purchase", time="2026-01-01T00:00:00+00:00")]
+    once = append_history([], records)
+    assert append_history(once, records) == once
+    assert len(append_history(once, [HistoryRecord(id="b", type="purchase", time=records[0].time)])) == 2

@@ -52,7 +52,7 @@ def test_worker_refuses_a_topic_with_other_partitions(kafka: str, tmp_path: Path
             await admin.close()
 
     asyncio.run(precreate())
-    with pytest.raises(TopicError, match="has 2 partitions but service.partitions is 4"):
+    with pytest.raises(TopicError, match=r"has 2 partitions but service\.partitions is 4"):
         asyncio.run(ensure_topics(settings))
     worker = pool.create(partitions=4, start=False)
     worker.start()
