@@ -20,6 +20,7 @@ from streamapp.models import (
     AppendHistory,
     Command,
     DeleteRecipient,
+    SweepInactive,
     UpsertRecipient,
     decode_batch,
     decode_history,
@@ -27,7 +28,7 @@ from streamapp.models import (
     encode,
 )
 from streamapp.partitioning import recipient_key
-from streamapp.state import append_history, apply_upsert
+from streamapp.state import append_history, apply_upsert, sweep_inactive
 from streamapp.tables.bulk import PartitionChunk
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 def apply_command(recipients: PartitionChunk, history: PartitionChunk, command: Command) -> None:
     """Stage the effect of one command on the chunk's tables."""
+    if isinstance(command, SweepInactive):
+        sweep(recipients, command)
+        return
     key = recipient_key(command.database, command.originalId)
     if isinstance(command, UpsertRecipient):
         raw = recipients.get(key)
@@ -50,6 +54,13 @@ def apply_command(recipients: PartitionChunk, history: PartitionChunk, command: 
         raw = history.get(key)
         records = decode_history(raw) if raw is not None else []
         history.set(key, encode(append_history(records, command.records)))
+
+
+def sweep(recipients: PartitionChunk, command: SweepInactive) -> None:
+    for key, raw in list(recipients.scan(f"{command.database}/".encode())):
+        swept = sweep_inactive(decode_recipient(raw), command.before)
+        if swept is not None:
+            recipients.set(key, encode(swept))
 
 
 def apply_commands(recipients: PartitionChunk, history: PartitionChunk, commands: list[Command]) -> int:

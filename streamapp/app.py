@@ -15,9 +15,10 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
 from streamapp import metrics, transport
 from streamapp.agents import recipients as recipient_agents
-from streamapp.publisher import CommandPublisher
+from streamapp.publisher import CommandPublisher, faust_send
 from streamapp.settings import Settings
 from streamapp.tables.recipients import history_table, recipients_table
+from streamapp.topics import commands_topic
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class StreamApp:
     @property
     def publisher(self) -> CommandPublisher:
         return CommandPublisher(
-            self.faust.producer, self.recipient_commands.get_topic_name(), self.settings.service.partitions
+            faust_send(self.faust.producer), commands_topic(self.settings), self.settings.service.partitions
         )
 
     def is_ready(self) -> bool:
@@ -101,7 +102,7 @@ def create_app(settings: Settings) -> StreamApp:
     app.monitor = _monitor()
     partitions = settings.service.partitions
     commands = app.topic(
-        f"{settings.service.id}-recipient-commands",
+        commands_topic(settings),
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",

@@ -53,7 +53,12 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
         log.error("%s", exc)
         return 2
     sa = create_app(settings)
-    worker = faust.Worker(sa.faust, ApiServer(sa), loglevel=loglevel, override_logging=True)
+    services: list[object] = [ApiServer(sa)]
+    if settings.imports:
+        from streamapp.imports.watcher import DropWatcher
+
+        services.append(DropWatcher(settings))
+    worker = faust.Worker(sa.faust, *services, loglevel=loglevel, override_logging=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
@@ -114,6 +119,57 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     return 0 if status.running or args.action == "status" else 1
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """A manual import through a named schema: progress bar, same checks and report as a dropped file."""
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from streamapp.imports.files import DropLayout
+    from streamapp.imports.job import import_settings, run_import
+    from streamapp.topics import ensure_topics
+    from streamapp.validation import now_iso
+
+    settings = _settings_or_exit()
+    try:
+        imp = import_settings(settings, args.import_name)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    path: Path = args.file
+    if not path.is_file():
+        print(f"error: {path} is not a file", file=sys.stderr)
+        return 2
+    layout = DropLayout(settings.service.data_dir, "cli")
+    layout.create([])
+    claim = layout.claim(path, imp.name, now_iso(), copy=True)
+    assert claim is not None
+    size = path.stat().st_size
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rows]:,} rows"),
+               TextColumn("{task.fields[rate]:,.0f} rows/s"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(path.name, total=size, rows=0, rate=0.0)
+
+        def progress(rows: int, position: int) -> None:
+            elapsed = bar.tasks[0].elapsed or 0
+            bar.update(task, completed=position, rows=rows, rate=rows / elapsed if elapsed else 0.0)
+
+        async def run() -> tuple[object, Path]:
+            await ensure_topics(settings)
+            return await run_import(settings, layout, claim, progress=progress)
+
+        report, target = asyncio.run(run())
+        bar.update(task, completed=size)
+    from streamapp.imports.report import ImportReport
+
+    assert isinstance(report, ImportReport)
+    print(f"{report.outcome}: {report.rowsRead:,} rows read, {report.applied:,} applied, {report.rejected:,} rejected")
+    if report.reason:
+        print(f"reason: {report.reason}")
+    print(f"report: {target}.report.json")
+    return 1 if report.outcome == "rejected" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamapp", description=__doc__)
     parser.add_argument(
@@ -130,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     kafka = sub.add_parser("kafka", help="the local Kafka broker used by dev and tests")
     kafka.add_argument("action", choices=["start", "stop", "status"])
     kafka.set_defaults(func=cmd_kafka)
+    manual = sub.add_parser("import", help="import a file through a named import schema")
+    manual.add_argument("file", type=Path)
+    manual.add_argument("--import", dest="import_name", required=True, help="the [[imports]] name")
+    manual.set_defaults(func=cmd_import)
     check = sub.add_parser("check-config", help="validate the configuration")
     check.set_defaults(func=cmd_check_config)
     return parser

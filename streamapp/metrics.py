@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 registry: CollectorRegistry = REGISTRY
 
@@ -23,3 +23,13 @@ COMMANDS = Counter(
     "Recipient commands applied to the tables by the agent, by outcome",
     ["outcome"],
 )
+FILES = Counter(
+    "streamapp_files", "Dropped or manually imported files, by import schema and outcome", ["import", "outcome"]
+)
+IMPORT_DURATION = Histogram(
+    "streamapp_import_duration_seconds",
+    "Time to import one file, by import schema",
+    ["import"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+FILES_WAITING = Gauge("streamapp_files_waiting", "Files seen in drop folders and not yet imported by this worker")

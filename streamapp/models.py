@@ -54,6 +54,17 @@ class UpsertRecipient(msgspec.Struct, tag="upsert", kw_only=True, omit_defaults=
     email: str | msgspec.UnsetType | None = msgspec.UNSET
     attributes: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     status: Status | msgspec.UnsetType = msgspec.UNSET
+    #: Replace imports: an `inactive` recipient present in the file is active again.
+    reactivate: bool = False
+
+
+class SweepInactive(msgspec.Struct, tag="sweep", kw_only=True):
+    """After a replace import: active recipients of the database not written
+    since `before` (the import's time) become inactive. Sent to every partition,
+    after the import's upserts, so it runs once they are applied."""
+
+    database: str
+    before: str
 
 
 class DeleteRecipient(msgspec.Struct, tag="delete", kw_only=True):
@@ -71,7 +82,8 @@ class AppendHistory(msgspec.Struct, tag="history", kw_only=True):
     records: list[HistoryRecord]
 
 
-Command = UpsertRecipient | DeleteRecipient | AppendHistory
+RecipientCommand = UpsertRecipient | DeleteRecipient | AppendHistory
+Command = RecipientCommand | SweepInactive
 
 
 class CommandBatch(msgspec.Struct):

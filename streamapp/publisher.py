@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from streamapp.models import Command, CommandBatch, encode
+from streamapp.models import Command, CommandBatch, RecipientCommand, encode
 from streamapp.partitioning import partitions_for, recipient_key
 
 #: Commands per event; keeps an event far below Kafka's 1 MB message limit.
@@ -19,7 +19,7 @@ CHUNK = 1000
 MAX_EVENT_BYTES = 900_000
 
 
-def group_by_partition(commands: Sequence[Command], partitions: int) -> dict[int, list[Command]]:
+def group_by_partition(commands: Sequence[RecipientCommand], partitions: int) -> dict[int, list[Command]]:
     """Order within each partition follows the input order."""
     groups: dict[int, list[Command]] = defaultdict(list)
     keys = [recipient_key(command.database, command.originalId) for command in commands]
@@ -44,18 +44,38 @@ def _encode_bounded(commands: list[Command]) -> list[bytes]:
     return _encode_bounded(commands[:half]) + _encode_bounded(commands[half:])
 
 
+#: Queue `value` for `partition` of `topic`; the awaitable it returns resolves on Kafka's ack.
+Send = Callable[[str, bytes, int], Awaitable[Awaitable[Any]]]
+
+
+def faust_send(producer: Any) -> Send:
+    """Send through a Faust app's producer (inside a worker)."""
+    return lambda topic, value, partition: producer.send(topic, None, value, partition, None, None)
+
+
+def aiokafka_send(producer: Any) -> Send:
+    """Send through a plain aiokafka producer (import jobs, the CLI)."""
+    return lambda topic, value, partition: producer.send(topic, value=value, partition=partition)
+
+
 class CommandPublisher:
     """Sends command batches to the recipient-commands topic."""
 
-    def __init__(self, producer: Any, topic: str, partitions: int) -> None:
-        self.producer = producer
+    def __init__(self, send: Send, topic: str, partitions: int) -> None:
+        self.send = send
         self.topic = topic
         self.partitions = partitions
 
-    async def publish(self, commands: Sequence[Command]) -> None:
+    async def publish_everywhere(self, command: Command) -> None:
+        """Send one command to every partition (after what was published before it)."""
+        data = encode(CommandBatch([command]))
+        pending = [await self.send(self.topic, data, p) for p in range(self.partitions)]
+        await asyncio.gather(*pending)
+
+    async def publish(self, commands: Sequence[RecipientCommand]) -> None:
         """Return once Kafka acknowledged every command; raise if any send failed."""
         pending = []
         for partition, group in group_by_partition(commands, self.partitions).items():
             for chunk in encode_chunks(group):
-                pending.append(await self.producer.send(self.topic, None, chunk, partition, None, None))
+                pending.append(await self.send(self.topic, chunk, partition))
         await asyncio.gather(*pending)

@@ -134,6 +134,7 @@ class ImportSettings:
     mode: Literal["upsert", "replace", "unsubscribe"]
     identity: str | None
     columns: Mapping[str, str]
+    history_type: str = "purchase"
 
 
 @dataclass(frozen=True)
@@ -423,33 +424,60 @@ def _read_history_types(r: _Reader, data: Any) -> tuple[str, ...]:
 
 
 ENCODINGS = ("utf-8", "windows-1252", "iso-8859-1")
+#: Python codec for each configured encoding ("utf-8-sig" tolerates a BOM).
+CODECS = {"utf-8": "utf-8-sig", "windows-1252": "cp1252", "iso-8859-1": "latin-1"}
 DELIMITERS = (",", ";", "\t", "|")
 
 
-def _read_imports(r: _Reader, data: Any, databases: Mapping[str, DatabaseSettings]) -> tuple[ImportSettings, ...]:
+def _read_imports(
+    r: _Reader, data: Any, databases: Mapping[str, DatabaseSettings], history_types: tuple[str, ...]
+) -> tuple[ImportSettings, ...]:
     imports: list[ImportSettings] = []
     for i, item in enumerate(_array(r, data, "imports")):
         with r.table(item, f"imports[{i}]") as t:
+            name = t.get("name", str, f"#{i}", _name_check)
+            if any(existing.name == name for existing in imports):
+                r.error(t.at("name"), f"import {name!r} is defined twice")
             database = t.get("database", str, "")
             _check_reference(r, t.at("database"), "database", database, databases)
             kind = t.get("kind", str, "recipients", _one_of("recipients", "history"))
+            watch = t.get("watch", str, name, _relative_folder)
+            if any(existing.watch == watch for existing in imports):
+                r.error(t.at("watch"), f"folder {watch!r} is watched by another import")
+            columns = t.get("columns", dict, {})
+            _check_columns(r, t.at("columns"), columns, databases.get(database))
             imports.append(
                 ImportSettings(
-                    name=t.get("name", str, f"#{i}", _name_check),
+                    name=name,
                     database=database,
                     kind=kind,  # type: ignore[arg-type]
-                    watch=t.get("watch", str, "", _relative_folder),
+                    watch=watch,
                     settle_seconds=float(t.get("settle_seconds", float, 2, _non_negative)),
-                    pattern=t.get("pattern", str, "*.csv"),
+                    pattern=t.get("pattern", str, "*.csv", _pattern_check),
                     encoding=t.get("encoding", str, "utf-8", _one_of(*ENCODINGS)),
                     delimiter=t.get("delimiter", str, ";", _one_of(*DELIMITERS)),
-                    header=t.get("header", bool, True),
+                    header=t.get("header", bool, kind != "history"),
                     mode=t.get("mode", str, "upsert", _one_of("upsert", "replace", "unsubscribe")),  # type: ignore[arg-type]
                     identity=t.get("identity", str, None if kind == "history" else _REQUIRED),
-                    columns=t.get("columns", dict, {}),
+                    columns=columns,
+                    history_type=t.get("history_type", str, "purchase", _one_of(*history_types)),
                 )
             )
     return tuple(imports)
+
+
+def _pattern_check(value: str) -> str | None:
+    if not value.endswith((".csv", ".txt", "*")) or "/" in value:
+        return "must be a file name pattern for .csv or .txt files, e.g. '*.csv'"
+    return None
+
+
+def _check_columns(r: _Reader, place: str, columns: dict[str, Any], db: DatabaseSettings | None) -> None:
+    for column, target in columns.items():
+        if not isinstance(target, str):
+            r.error(f"{place}.{column}", "must name email, originalId or an attribute")
+        elif db and target not in ("email", "originalId", *db.attributes) and not db.auto_create_attributes:
+            r.error(f"{place}.{column}", f"{target!r} is not an attribute of database {db.name!r}")
 
 
 def _relative_folder(value: str) -> str | None:
@@ -546,14 +574,15 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
         name: CampaignSettings(name, db, template)
         for name, db, template, _ in _read_messages(r, raw.get("campaigns"), "campaigns", databases, templates)
     }
+    history_types = _read_history_types(r, raw.get("history_types"))
     return Settings(
         path=path,
         service=_read_service(r, raw.get("service", {}), base),
         smtp=_read_smtp(r, raw["smtp"]) if "smtp" in raw else None,
         tokens=tokens,
         databases=databases,
-        history_types=_read_history_types(r, raw.get("history_types")),
-        imports=_read_imports(r, raw.get("imports"), databases),
+        history_types=history_types,
+        imports=_read_imports(r, raw.get("imports"), databases, history_types),
         triggers=triggers,
         campaigns=campaigns,
     )

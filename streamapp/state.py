@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from streamapp.models import STICKY_STATUSES, HistoryRecord, Recipient, UpsertRecipient
+from streamapp.models import HistoryRecord, Recipient, UpsertRecipient
 
 #: Newest records kept per recipient: one table value holds the whole list,
 #: and Kafka caps a changelog record at 1 MB.
@@ -34,12 +34,16 @@ def apply_upsert(current: Recipient | None, command: UpsertRecipient) -> Recipie
         changes["status"] = command.status
         if command.status == "active":
             changes["softBounces"] = 0
+    elif command.reactivate and current.status == "inactive":
+        changes["status"] = "active"
     return msgspec.structs.replace(current, **changes)
 
 
-def apply_import_status(current: Recipient | None, status: str) -> bool:
-    """Whether an import may set this status: it never re-activates a sticky one."""
-    return current is None or current.status not in STICKY_STATUSES or status in STICKY_STATUSES
+def sweep_inactive(current: Recipient, before: str) -> Recipient | None:
+    """The recipient made inactive by a replace import's sweep, or None if untouched."""
+    if current.status != "active" or current.updatedAt >= before:
+        return None
+    return msgspec.structs.replace(current, status="inactive", updatedAt=before)
 
 
 def append_history(current: list[HistoryRecord], records: list[HistoryRecord]) -> list[HistoryRecord]:

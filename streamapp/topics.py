@@ -25,8 +25,12 @@ class TopicError(RuntimeError):
     """A source topic exists with the wrong number of partitions."""
 
 
+def commands_topic(settings: Settings) -> str:
+    return f"{settings.service.id}-recipient-commands"
+
+
 def source_topics(settings: Settings) -> list[str]:
-    return [f"{settings.service.id}-recipient-commands"]
+    return [commands_topic(settings)]
 
 
 def bootstrap_servers(settings: Settings) -> str:

