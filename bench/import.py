@@ -21,8 +21,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamapp import kafka_broker  # noqa: E402
-from tests.fixtures import ROOT, TOKENS, WorkerPool, free_port  # noqa: E402
+from streamapp import kafka_broker
+from tests.fixtures import ROOT, TOKENS, WorkerPool, free_port
 
 IMPORT = """
 [[imports]]
