@@ -74,8 +74,12 @@ class CommandPublisher:
 
     async def publish(self, commands: Sequence[RecipientCommand]) -> None:
         """Return once Kafka acknowledged every command; raise if any send failed."""
+        await asyncio.gather(*await self.enqueue(commands))
+
+    async def enqueue(self, commands: Sequence[RecipientCommand]) -> list[Awaitable[Any]]:
+        """Queue the commands in order; the returned awaitables resolve on Kafka's acks."""
         pending = []
         for partition, group in group_by_partition(commands, self.partitions).items():
             for chunk in encode_chunks(group):
                 pending.append(await self.send(self.topic, chunk, partition))
-        await asyncio.gather(*pending)
+        return pending

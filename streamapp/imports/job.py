@@ -27,10 +27,12 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -38,7 +40,7 @@ from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
 from streamapp.imports.files import Claim, DropLayout
 from streamapp.imports.report import ImportReport, encode_report
 from streamapp.imports.rows import convert_history, convert_recipients, plan_columns
-from streamapp.models import SweepInactive
+from streamapp.models import RecipientCommand, SweepInactive
 from streamapp.publisher import CommandPublisher, aiokafka_send
 from streamapp.settings import ImportSettings, Settings, load_settings
 from streamapp.topics import bootstrap_servers, commands_topic
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 #: The job prints its report on one line with this prefix, for the worker's metrics.
 RESULT_PREFIX = b"STREAMAPP-IMPORT-RESULT "
 LOCKED = 3  # exit code: another process holds the claim
+#: Converted batches whose acknowledgements may be outstanding (bounds memory).
+MAX_BATCHES_IN_FLIGHT = 3
 
 Progress = Callable[[int, int], None]  # (rows read so far, file size in bytes read so far)
 
@@ -135,28 +139,38 @@ async def _import_rows(
         if imp.kind == "recipients" and source.header is not None:
             plan = plan_columns(imp, db, source.header, len(source.header))
             report.ignoredColumns = list(plan.ignored)
-        pending: asyncio.Task[None] | None = None
-        for batch in source.batches():
-            if parent_pid is not None and os.getppid() != parent_pid:
-                raise ParentGone
+        batches = source.batches()
+
+        def next_chunk() -> tuple[list[RecipientCommand], list[tuple[int, str]]] | None:
+            """Read and convert the next batch (CPU work, run in a thread so sends go on meanwhile)."""
+            nonlocal plan
+            batch = next(batches, None)
+            if batch is None:
+                return None
             if imp.kind == "history":
-                commands, bad = convert_history(
-                    batch.rows, batch.lines, imp, zone, claim.claimed_at, report.sha256 or ""
-                )
+                commands, bad = convert_history(batch.rows, batch.lines, imp, zone, claim.claimed_at, digest)
             else:
                 if plan is None:
                     plan = plan_columns(imp, db, source.header, source.width or 0)
                     report.ignoredColumns = list(plan.ignored)
                 commands, bad = convert_recipients(batch.rows, batch.lines, plan, imp, zone, claim.claimed_at)
-            report.reject_rows(sorted(batch.rejected + bad))
+            return commands, sorted(batch.rejected + bad)
+
+        digest = report.sha256 or ""
+        in_flight: deque[list[Awaitable[Any]]] = deque()
+        while (chunk := await asyncio.to_thread(next_chunk)) is not None:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                raise ParentGone
+            commands, rejected = chunk
+            report.reject_rows(rejected)
             report.applied += len(commands)
-            if pending is not None:
-                await pending  # at most one batch in flight: bounded memory, ordered per partition
-            pending = asyncio.create_task(publisher.publish(commands))
+            in_flight.append(await publisher.enqueue(commands))  # sends queued in file order
+            while len(in_flight) > MAX_BATCHES_IN_FLIGHT:
+                await asyncio.gather(*in_flight.popleft())
             if progress:
                 progress(source.rows_read, source.position())
-        if pending is not None:
-            await pending
+        for acks in in_flight:
+            await asyncio.gather(*acks)
         report.rowsRead = source.rows_read
         if report.rowsRead == 0:
             raise FileRejected("no data rows" + (" (only a header line)" if imp.header else ""))
