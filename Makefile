@@ -22,7 +22,16 @@ lint: install
 	$(BIN)/ruff format --check streamapp agents tables tests bench
 	$(BIN)/mypy
 
-test: lint
+# Postfix's smtp-sink: a real SMTP fault peer for the sending tests.
+# "No configuration" keeps the postfix daemon itself unconfigured and stopped.
+/usr/sbin/smtp-sink:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	  echo "postfix postfix/mailname string localhost" | debconf-set-selections; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix; \
+	else echo "note: run 'sudo apt-get install postfix' for the smtp-sink tests (skipped without it)"; fi
+
+test: lint /usr/sbin/smtp-sink
 	$(BIN)/pytest -q -ra
 
 bench: install
