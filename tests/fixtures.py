@@ -103,6 +103,7 @@ class Worker:
     config: Path
     port: int
     log: Path
+    data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -179,12 +180,15 @@ class WorkerPool:
         self.service_id = f"t{uuid.uuid4().hex[:10]}"
         self.workers: list[Worker] = []
 
-    def create(self, partitions: int = 4, extra: str = "", start: bool = True, **env: str) -> Worker:
+    def create(
+        self, partitions: int = 4, extra: str = "", start: bool = True, data_dir: Path | None = None, **env: str
+    ) -> Worker:
         n = len(self.workers)
         port = free_port()
         config = self.base / f"worker{n}.toml"
-        config.write_text(config_text(self.broker, self.base / f"worker{n}", port, self.service_id, partitions, extra))
-        worker = Worker(config=config, port=port, log=self.base / f"worker{n}.log", env=env)
+        data_dir = data_dir or self.base / f"worker{n}"
+        config.write_text(config_text(self.broker, data_dir, port, self.service_id, partitions, extra))
+        worker = Worker(config=config, port=port, log=self.base / f"worker{n}.log", data_dir=data_dir, env=env)
         self.workers.append(worker)
         return worker.start().wait_ready() if start else worker
 

@@ -45,25 +45,34 @@ def precheck(path: Path, encoding: str) -> str:
     """Decode the whole file strictly before anything is applied; return its SHA-256."""
     decoder = codecs.getincrementaldecoder(CODECS[encoding])(errors="strict")
     digest = hashlib.sha256()
-    offset = 0
+    offset = lines = 0
     with path.open("rb") as source:
         while chunk := source.read(READ_CHUNK):
             digest.update(chunk)
             nul = chunk.find(b"\x00")
             if nul >= 0:
-                raise FileRejected(f"byte {offset + nul}: NUL byte, this is not a text file")
+                where = _place(chunk, nul, offset, lines)
+                raise FileRejected(f"{where}: NUL byte, this is not a text file")
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:
-                raise FileRejected(f"byte {offset + exc.start}: not valid {encoding} ({exc.reason})") from None
+                where = _place(chunk, exc.start, offset, lines)
+                raise FileRejected(f"{where}: not valid {encoding} ({exc.reason})") from None
             offset += len(chunk)
+            lines += chunk.count(b"\n")
         try:
             decoder.decode(b"", final=True)
-        except UnicodeDecodeError as exc:
-            raise FileRejected(f"byte {offset + exc.start}: not valid {encoding} (truncated sequence)") from None
+        except UnicodeDecodeError:
+            raise FileRejected(f"byte {offset}: not valid {encoding} (the file ends inside a character)") from None
     if offset == 0:
         raise FileRejected("the file is empty")
     return digest.hexdigest()
+
+
+def _place(chunk: bytes, index: int, offset: int, lines: int) -> str:
+    """'line L, byte B' of a position in the current chunk (B counts from 0 in the file)."""
+    line = lines + chunk.count(b"\n", 0, index) + 1
+    return f"line {line}, byte {offset + index}"
 
 
 class DelimitedFile:
@@ -91,6 +100,8 @@ class DelimitedFile:
         except csv.Error as exc:
             raise FileRejected(f"line 1 (header): {exc}") from None
         names = [name.strip() for name in row]
+        if not any(names):
+            raise FileRejected("line 1: the header line is empty")
         duplicates = sorted({n for n in names if names.count(n) > 1 and n})
         if duplicates:
             raise FileRejected(f"line 1 (header): duplicate column(s) {', '.join(map(repr, duplicates))}")

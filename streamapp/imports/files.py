@@ -125,7 +125,9 @@ class DropLayout:
         return claims
 
     def release(self, claim: Claim) -> None:
+        """The claim is done: nothing of it stays in the inflight folder."""
         (self.inflight / f"{claim.id}.claim.json").unlink(missing_ok=True)
+        (self.inflight / f"{claim.id}.lock").unlink(missing_ok=True)
 
     def mark_seen(self, digest: str, claim: Claim) -> str | None:
         """Record this content; return the earlier claim's file name if it was seen before."""
