@@ -37,16 +37,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def apply_command(recipients: PartitionChunk, history: PartitionChunk, command: Command) -> None:
-    """Stage the effect of one command on the chunk's tables."""
+def apply_command(recipients: PartitionChunk, history: PartitionChunk, command: Command, seq: int) -> None:
+    """Stage the effect of one command (at position `seq` of the partition) on the chunk's tables."""
     if isinstance(command, SweepInactive):
-        sweep(recipients, command)
+        sweep(recipients, command, seq)
         return
     key = recipient_key(command.database, command.originalId)
     if isinstance(command, UpsertRecipient):
         raw = recipients.get(key)
         current = decode_recipient(raw) if raw is not None else None
-        recipients.set(key, encode(apply_upsert(current, command)))
+        updated = apply_upsert(current, command, seq)
+        if updated is not current:
+            recipients.set(key, encode(updated))
     elif isinstance(command, DeleteRecipient):
         recipients.set(key, None)
         history.set(key, None)
@@ -56,20 +58,25 @@ def apply_command(recipients: PartitionChunk, history: PartitionChunk, command: 
         history.set(key, encode(append_history(records, command.records)))
 
 
-def sweep(recipients: PartitionChunk, command: SweepInactive) -> None:
+def sweep(recipients: PartitionChunk, command: SweepInactive, seq: int) -> None:
     for key, raw in list(recipients.scan(f"{command.database}/".encode())):
-        swept = sweep_inactive(decode_recipient(raw), command.before)
+        swept = sweep_inactive(decode_recipient(raw), command.before, seq)
         if swept is not None:
             recipients.set(key, encode(swept))
 
 
-def apply_commands(recipients: PartitionChunk, history: PartitionChunk, commands: list[Command]) -> int:
-    """Stage every command in order; return how many failed (and were skipped)."""
+#: Commands per event are far fewer (publisher.CHUNK), so offset * SEQ_STRIDE + index orders them.
+SEQ_STRIDE = 4096
+
+
+def apply_commands(recipients: PartitionChunk, history: PartitionChunk, commands: list[Command], offset: int) -> int:
+    """Stage every command of the event at `offset` in order; return how many failed (and were skipped)."""
     recipients.prefetch([recipient_key(c.database, c.originalId) for c in commands if isinstance(c, UpsertRecipient)])
     failed = 0
-    for command in commands:
+    base = (offset + 1) * SEQ_STRIDE
+    for index, command in enumerate(commands):
         try:
-            apply_command(recipients, history, command)
+            apply_command(recipients, history, command, base + index)
         except Exception:
             log.exception("skipping command that failed to apply: %r", command)
             failed += 1
@@ -91,7 +98,7 @@ def register(sa: StreamApp) -> None:
             partition = event.message.partition
             recipients = PartitionChunk(sa.recipients, partition)
             history = PartitionChunk(sa.history, partition)
-            failed = apply_commands(recipients, history, batch.commands)
+            failed = apply_commands(recipients, history, batch.commands, event.message.offset)
             await recipients.flush(sa.faust)
             await history.flush(sa.faust)
             metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - failed)

@@ -26,6 +26,17 @@ class Recipient(msgspec.Struct, kw_only=True):
     softBounces: int = 0
     createdAt: str
     updatedAt: str
+    #: Position of the last command applied (partition offset and index in its
+    #: chunk). After a crash, commands after the committed offset are replayed
+    #: over a table that may already hold their effects; an older command is
+    #: then skipped instead of undoing a newer one. Not shown by the API.
+    seq: int = 0
+
+    def public(self) -> dict[str, Any]:
+        """The recipient as the API shows it."""
+        view = msgspec.structs.asdict(self)
+        del view["seq"]
+        return view
 
 
 class HistoryRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -15,11 +15,13 @@ from streamapp.models import HistoryRecord, Recipient, UpsertRecipient
 HISTORY_LIMIT = 1000
 
 
-def apply_upsert(current: Recipient | None, command: UpsertRecipient) -> Recipient:
-    """Touch only the fields the command carries; replaying it is harmless."""
+def apply_upsert(current: Recipient | None, command: UpsertRecipient, seq: int = 0) -> Recipient:
+    """Touch only the fields the command carries; a command older than the state is skipped."""
     if current is None:
         current = Recipient(originalId=command.originalId, createdAt=command.at, updatedAt=command.at)
-    changes: dict[str, object] = {"updatedAt": max(current.updatedAt, command.at)}
+    elif seq and current.seq >= seq:
+        return current  # replayed after a crash: its effect (and newer ones) are already there
+    changes: dict[str, object] = {"updatedAt": max(current.updatedAt, command.at), "seq": max(current.seq, seq)}
     if command.email is not msgspec.UNSET:
         changes["email"] = command.email
     if command.attributes is not msgspec.UNSET:
@@ -39,11 +41,11 @@ def apply_upsert(current: Recipient | None, command: UpsertRecipient) -> Recipie
     return msgspec.structs.replace(current, **changes)
 
 
-def sweep_inactive(current: Recipient, before: str) -> Recipient | None:
+def sweep_inactive(current: Recipient, before: str, seq: int = 0) -> Recipient | None:
     """The recipient made inactive by a replace import's sweep, or None if untouched."""
-    if current.status != "active" or current.updatedAt >= before:
+    if current.status != "active" or current.updatedAt >= before or (seq and current.seq >= seq):
         return None
-    return msgspec.structs.replace(current, status="inactive", updatedAt=before)
+    return msgspec.structs.replace(current, status="inactive", updatedAt=before, seq=max(current.seq, seq))
 
 
 def append_history(current: list[HistoryRecord], records: list[HistoryRecord]) -> list[HistoryRecord]:

@@ -128,7 +128,7 @@ class RecipientRoutes:
         raw = self.sa.recipients.get(key)
         if raw is None:
             raise not_found(f"recipient {original_id!r} in database {db.name!r}")
-        return self.owners.served_here(json_response(decode_recipient(raw)))
+        return self.owners.served_here(json_response(decode_recipient(raw).public()))
 
     async def delete_recipient(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")

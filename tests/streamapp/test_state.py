@@ -59,3 +59,22 @@ def test_history_replay_adds_nothing() -> None:
     once = append_history([], records)
     assert append_history(once, records) == once
     assert len(append_history(once, [HistoryRecord(id="b", type="purchase", time=records[0].time)])) == 2
+
+
+def test_a_replayed_older_command_does_not_undo_a_newer_one() -> None:
+    """After a crash, commands after the committed offset replay over state that has their effects."""
+    first = upsert(at="2026-01-01T00:00:00+00:00", attributes={"score": 1})
+    second = upsert(at="2026-01-01T00:00:01+00:00", attributes={"score": 2})
+    state = apply_upsert(apply_upsert(None, first, seq=10), second, seq=11)
+    replayed = apply_upsert(apply_upsert(state, first, seq=10), second, seq=11)
+    assert replayed.attributes == {"score": 2} and replayed == state
+    assert "seq" not in state.public() and state.public()["attributes"] == {"score": 2}
+
+
+def test_sweep_skips_recipients_written_after_it() -> None:
+    from streamapp.state import sweep_inactive
+
+    r = apply_upsert(None, upsert(at="2026-01-01T00:00:00+00:00"), seq=5)
+    assert sweep_inactive(r, "2026-02-01T00:00:00+00:00", seq=4) is None
+    swept = sweep_inactive(r, "2026-02-01T00:00:00+00:00", seq=6)
+    assert swept is not None and swept.status == "inactive" and swept.seq == 6
