@@ -36,6 +36,7 @@ test: lint /usr/sbin/smtp-sink
 
 bench: install
 	$(BIN)/python bench/api_ingest.py
+	$(BIN)/python bench/import.py
 
 kafka-start: install
 	$(BIN)/streamapp kafka start
