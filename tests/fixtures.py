@@ -96,8 +96,34 @@ auto_create_attributes = true
 """
 
 
+class ChildProcess:
+    """A server the tests run as a real subprocess: killed (-9) or stopped (SIGTERM) like in production."""
+
+    process: subprocess.Popen[bytes] | None
+    log: Path
+    stop_timeout: float = 30.0
+
+    def kill(self) -> None:
+        """kill -9: no clean shutdown, no offset commit, no flush."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
 @dataclass
-class Worker:
+class Worker(ChildProcess):
     """A `streamapp worker` subprocess with its own config, data dir and port."""
 
     config: Path
@@ -136,24 +162,6 @@ class Worker:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout}s:\n{self.tail()}")
-
-    def kill(self) -> None:
-        """kill -9: no clean shutdown, no offset commit, no flush."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self, lines: int = 60) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,19 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import ROOT, free_port
+from tests.fixtures import ROOT, ChildProcess, free_port
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 
 
 @dataclass
-class PeerProcess:
+class PeerProcess(ChildProcess):
     """An SMTP server subprocess on 127.0.0.1:`port` that can be killed and restarted on the same port."""
 
     command: list[str]
     port: int
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    stop_timeout: float = 10.0
 
     def start(self, timeout: float = 15.0) -> PeerProcess:
         with self.log.open("ab") as out:
@@ -45,23 +45,6 @@ class PeerProcess:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError(f"{self.command} not listening after {timeout}s:\n{self.tail()}")
-
-    def kill(self) -> None:
-        """kill -9: the peer vanishes mid-conversation, as a crashed server would."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
 
 @dataclass
