@@ -20,6 +20,7 @@ from streamapp.models import (
     AppendHistory,
     Command,
     DeleteRecipient,
+    SoftBounce,
     SweepInactive,
     UpsertRecipient,
     decode_batch,
@@ -28,6 +29,7 @@ from streamapp.models import (
     encode,
 )
 from streamapp.partitioning import recipient_key
+from streamapp.sending.bounces import apply_soft_bounce
 from streamapp.state import append_history, apply_upsert, sweep_inactive
 from streamapp.tables.bulk import PartitionChunk
 
@@ -49,6 +51,11 @@ def apply_command(recipients: PartitionChunk, history: PartitionChunk, command: 
         updated = apply_upsert(current, command, seq)
         if updated is not current:
             recipients.set(key, encode(updated))
+    elif isinstance(command, SoftBounce):
+        raw = recipients.get(key)
+        bounced = apply_soft_bounce(decode_recipient(raw) if raw is not None else None, command, seq)
+        if bounced is not None:
+            recipients.set(key, encode(bounced))
     elif isinstance(command, DeleteRecipient):
         recipients.set(key, None)
         history.set(key, None)

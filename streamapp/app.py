@@ -34,6 +34,10 @@ class StreamApp:
     recipient_commands: Any
     recipients: Any
     history: Any
+    #: Sending (streamapp.sending): set when [smtp] is configured or `streamapp dev` runs its sink.
+    messages: Any = None
+    message_topics: Any = None
+    sending: Any = None
 
     @property
     def publisher(self) -> CommandPublisher:
@@ -68,6 +72,10 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         # this expires: 10 s rather than Faust's 60 s keeps failover short.
         "broker_session_timeout": 10.0,
         "broker_heartbeat_interval": 2.0,
+        # Records handed to the Conductor per fetch. Unlimited, one fetch of a large campaign
+        # (up to 4 MB per partition, tens of thousands of messages) had to pass through the
+        # streams before a transactional record fetched with it (docs/sending.md).
+        "broker_max_poll_records": 100,
     }
 
 
@@ -118,4 +126,32 @@ def create_app(settings: Settings) -> StreamApp:
         history=history_table(app, partitions),
     )
     recipient_agents.register(sa)
+    if settings.smtp is not None:
+        _add_sending(sa)
     return sa
+
+
+def _add_sending(sa: StreamApp) -> None:
+    """Priority topics, the message ledger, the send engine and its agents (docs/sending.md)."""
+    from streamapp.agents import sending as sending_agents
+    from streamapp.models import PRIORITIES
+    from streamapp.sending.engine import SendEngine
+    from streamapp.sending.ids import messages_topic
+    from streamapp.tables.messages import messages_table
+
+    partitions = sa.settings.service.partitions
+    sa.message_topics = {
+        p: sa.faust.topic(
+            messages_topic(sa.settings, p),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+            internal=True,
+        )
+        for p in PRIORITIES
+    }
+    sa.messages = messages_table(sa.faust, partitions)
+    sa.sending = SendEngine(sa)
+    sending_agents.register(sa, sa.sending, sa.message_topics)

@@ -38,7 +38,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_worker(settings: Settings, loglevel: str = "info") -> int:
+def run_worker(settings: Settings, loglevel: str = "info", dev_sink: bool = False) -> int:
     """Run one worker (Faust app + API) until SIGINT/SIGTERM."""
     import faust
 
@@ -58,6 +58,12 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
         from streamapp.imports.watcher import DropWatcher
 
         services.append(DropWatcher(settings))
+    if sa.sending is not None:
+        services.append(sa.sending)
+    if dev_sink:
+        from streamapp.sending.devsink import DevSink
+
+        services.append(DevSink(settings))
     worker = faust.Worker(sa.faust, *services, loglevel=loglevel, override_logging=True)
     try:
         worker.execute_from_commandline()
@@ -88,8 +94,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print(f"cannot start the local broker: {exc}", file=sys.stderr)
             return 1
         started_here = True
+    dev_sink = settings.smtp is None
+    if dev_sink:
+        from streamapp.sending.devsink import with_dev_sink
+
+        settings = with_dev_sink(settings)
+        print(f"no [smtp]: messages go to the local sink, Maildir {settings.service.data_dir / 'outbox'}")
     try:
-        return run_worker(settings, args.loglevel)
+        return run_worker(settings, args.loglevel, dev_sink=dev_sink)
     finally:
         if started_here:
             print("stopping the local Kafka broker...")

@@ -33,3 +33,29 @@ IMPORT_DURATION = Histogram(
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
 FILES_WAITING = Gauge("streamapp_files_waiting", "Files seen in drop folders and not yet imported by this worker")
+
+# -- sending (streamapp.sending) ------------------------------------------------
+MESSAGES = Counter(
+    "streamapp_messages",
+    "Messages processed by the send engine, by priority and outcome (sent, deferred, failed, suppressed, scheduled)",
+    ["priority", "outcome"],
+)
+SEND_DURATION = Histogram(
+    "streamapp_send_duration_seconds",
+    "Time from taking a message off the priority queue to its recorded outcome, by priority",
+    ["priority"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SMTP_REPLIES = Counter(
+    "streamapp_smtp_replies", "SMTP transaction results by reply class (2xx, 4xx, 5xx, connection_error)", ["class"]
+)
+QUEUE_DEPTH = Gauge(
+    "streamapp_queue_depth",
+    "Messages waiting on this worker's partitions: unread topic records, in-memory queue, scheduled and deferred",
+    ["priority"],
+)
+OLDEST_QUEUED_AGE = Gauge(
+    "streamapp_oldest_queued_age_seconds",
+    "Age (since enqueue) of the oldest message in this worker's in-memory send queue, by priority",
+    ["priority"],
+)

@@ -93,7 +93,21 @@ class AppendHistory(msgspec.Struct, tag="history", kw_only=True):
     records: list[HistoryRecord]
 
 
-RecipientCommand = UpsertRecipient | DeleteRecipient | AppendHistory
+class SoftBounce(msgspec.Struct, tag="softbounce", kw_only=True):
+    """Sending outcome for a recipient: a soft bounce ("inc") or a delivery after some ("reset").
+
+    Published by the send engine to the recipient-commands topic, so the one writer of the
+    recipients table keeps counting in order; five in a row make the recipient bounced
+    (streamapp.sending.bounces.apply_soft_bounce).
+    """
+
+    database: str
+    originalId: str
+    at: str
+    action: Literal["inc", "reset"]
+
+
+RecipientCommand = UpsertRecipient | DeleteRecipient | AppendHistory | SoftBounce
 Command = RecipientCommand | SweepInactive
 
 
@@ -127,3 +141,78 @@ def decode_recipient(data: bytes) -> Recipient:
 
 def decode_history(data: bytes) -> list[HistoryRecord]:
     return _history_decoder.decode(data)
+
+
+# -- sending (streamapp.sending) ------------------------------------------------
+
+Priority = Literal["transactional", "batch", "campaign"]
+PRIORITIES: tuple[Priority, ...] = ("transactional", "batch", "campaign")
+MessageStatus = Literal["scheduled", "queued", "sent", "deferred", "failed", "suppressed"]
+#: A message in one of these states is never sent again.
+FINAL_STATUSES: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
+
+
+class SendMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Command: send one e-mail to one recipient (topic <id>-messages-<priority>).
+
+    `messageId` carries the partition it was sent to (streamapp.sending.ids), which is the
+    recipient's partition, so the ledger row and the recipient live on the same worker.
+    """
+
+    messageId: str
+    database: str
+    originalId: str
+    priority: Priority
+    template: str
+    #: The trigger's flag: may reach an unsubscribed recipient (never a bounced one).
+    transactional: bool = False
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
+    email: str | None = None  # overrides the recipient's address
+    batchId: str | None = None
+    notBefore: str | None = None  # UTC ISO 8601: not sent earlier
+    enqueuedAt: str
+
+
+class SmtpReply(msgspec.Struct, kw_only=True):
+    code: int | None
+    text: str
+
+
+class MessageState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Ledger row of one message (table `messages`, keyed by messageId).
+
+    `command` is kept while the message may still be sent (scheduled, deferred) so the retry
+    timer can send it again after a restart, and dropped once the status is final.
+    """
+
+    messageId: str
+    database: str
+    originalId: str
+    priority: Priority
+    status: MessageStatus
+    attempts: int = 0
+    lastReply: SmtpReply | None = None
+    reason: str | None = None
+    createdAt: str
+    updatedAt: str
+    nextAttemptAt: str | None = None
+    batchId: str | None = None
+    command: SendMessage | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The message as GET /api/v1/messages/{messageId} shows it."""
+        view = msgspec.to_builtins(self)
+        view.pop("command", None)
+        return view  # type: ignore[no-any-return]
+
+
+_send_decoder = msgspec.msgpack.Decoder(SendMessage)
+_state_decoder = msgspec.msgpack.Decoder(MessageState)
+
+
+def decode_send(data: bytes) -> SendMessage:
+    return _send_decoder.decode(data)
+
+
+def decode_state(data: bytes) -> MessageState:
+    return _state_decoder.decode(data)

@@ -16,6 +16,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streamapp.sending.ids import messages_topics
 from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def commands_topic(settings: Settings) -> str:
 
 
 def source_topics(settings: Settings) -> list[str]:
-    return [commands_topic(settings)]
+    return [commands_topic(settings), *messages_topics(settings)]
 
 
 def bootstrap_servers(settings: Settings) -> str:

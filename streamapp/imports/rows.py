@@ -8,7 +8,6 @@ is (a file cannot clear an attribute; the API can, with null).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +21,6 @@ from streamapp.models import AppendHistory, HistoryRecord, RecipientCommand, Ups
 from streamapp.settings import AttributeType, DatabaseSettings, ImportSettings
 from streamapp.validation import EMAIL_RE, MAX_ORIGINAL_ID, parse_datetime
 
-_CONTROL = re.compile(r"[\x00-\x1f]")
 TRUE = ("true", "1", "yes", "y", "t", "ja", "j")
 FALSE = ("false", "0", "no", "n", "f", "nej")
 HISTORY_COLUMNS = ("originalId", "sku", "itemPrice", "time", "quantity", "total")
@@ -88,15 +86,27 @@ def plan_columns(imp: ImportSettings, db: DatabaseSettings, header: list[str] | 
     return ColumnPlan(identity, identity_name, email, email_column, tuple(attributes), tuple(ignored))
 
 
+def _frame(rows: list[list[str]], indexes: list[int]) -> pl.DataFrame:
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in indexes]
+    data = {f"c{i}": columns[i] if rows else [] for i in indexes}
+    return pl.DataFrame(data, schema=dict.fromkeys(data, pl.String)).with_columns(pl.all().str.strip_chars())
+
+
 def _reason(condition: pl.Expr, message: pl.Expr | str) -> pl.Expr:
     text = pl.lit(message) if isinstance(message, str) else message
     return pl.when(condition).then(text).otherwise(None)
 
 
+def _quoted(column: str) -> pl.Expr:
+    return pl.lit("'") + pl.col(column).str.slice(0, 60) + pl.lit("'")
+
+
 def _typed(attribute: Attribute, zone: ZoneInfo) -> tuple[pl.Expr, pl.Expr]:
-    """(converted value, reason) expressions over the stripped text column "v"."""
-    value = pl.col("v")
-    present = value != ""
+    """(converted value, reason) expressions for one attribute column."""
+    c = f"c{attribute.index}"
+    value = pl.col(c)
+    present = value.is_not_null() & (value != "")
+    label = f"column {attribute.column!r}: "
     if attribute.kind == "int":
         out: pl.Expr = value.cast(pl.Int64, strict=False)
         what = "is not an integer"
@@ -110,44 +120,18 @@ def _typed(attribute: Attribute, zone: ZoneInfo) -> tuple[pl.Expr, pl.Expr]:
     elif attribute.kind == "date":
         out = value.str.to_date("%Y-%m-%d", strict=False).dt.to_string("%Y-%m-%d")
         what = "is not a date (YYYY-MM-DD)"
-    else:
+    elif attribute.kind == "datetime":
         out = value.map_elements(lambda v: _iso_datetime(v, zone), return_dtype=pl.String)
         what = "is not a date-time (ISO 8601)"
-    quoted = pl.lit(f"column {attribute.column!r}: '") + value.str.slice(0, 60) + pl.lit(f"' {what}")
-    return pl.when(present).then(out), _reason(present & out.is_null(), quoted)
+    else:
+        return value, pl.lit(None, dtype=pl.String)
+    reason = _reason(present & out.is_null(), pl.lit(label) + _quoted(c) + pl.lit(f" {what}"))
+    return out, reason
 
 
 def _iso_datetime(value: str, zone: ZoneInfo) -> str | None:
     parsed = parse_datetime(value, zone)
     return parsed.isoformat() if parsed else None
-
-
-class _Reasons:
-    """Reasons per row index, collected column by column."""
-
-    def __init__(self) -> None:
-        self.by_row: dict[int, list[str]] = {}
-
-    def add(self, row: int, reason: str) -> None:
-        self.by_row.setdefault(row, []).append(reason)
-
-    def add_many(self, reasons: list[str | None]) -> None:
-        for row, reason in enumerate(reasons):
-            if reason:
-                self.add(row, reason)
-
-
-def _text_column(rows: list[list[str]], index: int) -> list[str | None]:
-    """Stripped cells; an empty cell is None (no value)."""
-    return [cell.strip() or None for cell in (row[index] for row in rows)]
-
-
-def _typed_column(values: list[str | None], attribute: Attribute, zone: ZoneInfo) -> tuple[list[Any], list[str | None]]:
-    """Typed values and a reason per row, vectorized with polars."""
-    frame = pl.DataFrame({"v": [v or "" for v in values]}, schema={"v": pl.String})
-    out, reason = _typed(attribute, zone)
-    result = frame.select(out.alias("out"), reason.alias("reason"))
-    return result.get_column("out").to_list(), result.get_column("reason").to_list()
 
 
 def convert_recipients(
@@ -158,47 +142,43 @@ def convert_recipients(
     zone: ZoneInfo,
     at: str,
 ) -> tuple[list[RecipientCommand], list[tuple[int, str]]]:
-    """Commands for the good rows; (line, reason) for the bad ones.
-
-    Text columns stay Python strings (converting them to Arrow and back costs
-    more than checking them); typed columns are converted with polars.
-    """
-    reasons = _Reasons()
-    identities = _text_column(rows, plan.identity)
-    for row, value in enumerate(identities):
-        problem = _identity_problem(value, plan.identity_column)
-        if problem:
-            reasons.add(row, problem)
-    columns: list[list[Any]] = [identities]
+    """Commands for the good rows; (line, reason) for the bad ones."""
+    indexes = sorted(
+        {plan.identity, *([plan.email] if plan.email is not None else []), *(a.index for a in plan.attributes)}
+    )
+    frame = _frame(rows, indexes)
+    oid = f"c{plan.identity}"
+    reasons = [
+        _reason(pl.col(oid).is_null() | (pl.col(oid) == ""), f"empty identity (column {plan.identity_column!r})"),
+        _reason(pl.col(oid).str.len_chars() > MAX_ORIGINAL_ID, f"identity longer than {MAX_ORIGINAL_ID} characters"),
+        _reason(pl.col(oid).str.contains(r"[\x00-\x1f]"), "identity contains control characters"),
+    ]
+    outputs = [pl.col(oid).alias("originalId")]
     if plan.email is not None:
-        emails = _text_column(rows, plan.email)
-        for row, value in enumerate(emails):
-            if value is not None and (len(value) > 254 or not EMAIL_RE.match(value)):
-                reasons.add(row, f"column {plan.email_column!r}: {value[:60]!r} is not a valid e-mail address")
-        columns.append(emails)
-    for attribute in plan.attributes:
-        values = _text_column(rows, attribute.index)
-        if attribute.kind != "string":
-            values, column_reasons = _typed_column(values, attribute, zone)
-            reasons.add_many(column_reasons)
-        columns.append(values)
-    rejected = [(lines[row], "; ".join(found)) for row, found in sorted(reasons.by_row.items())]
-    return _commands(columns, reasons.by_row, plan, imp, at), rejected
-
-
-def _identity_problem(value: str | None, column: str) -> str | None:
-    if value is None:
-        return f"empty identity (column {column!r})"
-    if len(value) > MAX_ORIGINAL_ID:
-        return f"identity longer than {MAX_ORIGINAL_ID} characters"
-    if _CONTROL.search(value):
-        return "identity contains control characters"
-    return None
+        email = pl.col(f"c{plan.email}")
+        bad = (email != "") & ~email.str.contains(EMAIL_RE.pattern) | (email.str.len_chars() > 254)
+        reasons.append(
+            _reason(
+                bad,
+                pl.lit(f"column {plan.email_column!r}: ")
+                + _quoted(f"c{plan.email}")
+                + pl.lit(" is not a valid e-mail address"),
+            )
+        )
+        outputs.append(pl.when(email == "").then(None).otherwise(email).alias("email"))
+    for n, attribute in enumerate(plan.attributes):
+        value, reason = _typed(attribute, zone)
+        outputs.append(pl.when(pl.col(f"c{attribute.index}") == "").then(None).otherwise(value).alias(f"a{n}"))
+        reasons.append(reason)
+    result = frame.select(*outputs, pl.concat_str(reasons, separator="; ", ignore_nulls=True).alias("reason"))
+    return _commands(result, lines, plan, imp, at)
 
 
 def _commands(
-    columns: list[list[Any]], bad: dict[int, list[str]], plan: ColumnPlan, imp: ImportSettings, at: str
-) -> list[RecipientCommand]:
+    result: pl.DataFrame, lines: list[int], plan: ColumnPlan, imp: ImportSettings, at: str
+) -> tuple[list[RecipientCommand], list[tuple[int, str]]]:
+    reasons = result.get_column("reason").to_list()
+    rejected = [(lines[i], r) for i, r in enumerate(reasons) if r]
     names = [a.name for a in plan.attributes]
     has_email = plan.email is not None
     first_attribute = 1 + has_email
@@ -207,8 +187,9 @@ def _commands(
     database = imp.database
     unset = msgspec.UNSET
     commands: list[RecipientCommand] = []
-    for row, values in enumerate(zip(*columns, strict=True)):
-        if row in bad:
+    columns = [result.get_column(c).to_list() for c in result.columns if c != "reason"]
+    for i, values in enumerate(zip(*columns, strict=True)):
+        if reasons[i]:
             continue
         email = values[1] if has_email and values[1] is not None else unset
         attributes = {n: v for n, v in zip(names, values[first_attribute:], strict=True) if v is not None}
@@ -223,7 +204,7 @@ def _commands(
                 reactivate=reactivate,
             )
         )
-    return commands
+    return commands, rejected
 
 
 def convert_history(

@@ -172,6 +172,64 @@ def _schemas(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _sending_paths() -> dict[str, Any]:
+    """Routes a worker serves when it sends mail ([smtp], or the dev sink)."""
+    message_id = {"name": "messageId", "in": "path", "required": True, "schema": {"type": "string"}}
+    token = {
+        "name": "token",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "HMAC token from the message's List-Unsubscribe link",
+    }
+    state = {
+        "type": "object",
+        "properties": {
+            "messageId": {"type": "string"},
+            "priority": {"enum": ["transactional", "batch", "campaign"]},
+            "status": {"enum": ["scheduled", "queued", "sent", "deferred", "failed", "suppressed"]},
+            "attempts": {"type": "integer"},
+            "reason": {"type": ["string", "null"]},
+            "lastReply": {
+                "type": ["object", "null"],
+                "properties": {"code": {"type": "integer"}, "text": {"type": "string"}},
+            },
+            "createdAt": {"type": "string", "format": "date-time"},
+            "updatedAt": {"type": "string", "format": "date-time"},
+        },
+    }
+    html: dict[str, Any] = {"text/html": {}}
+    return {
+        "/api/v1/messages/{messageId}": {
+            "parameters": [message_id],
+            "get": _op(
+                "A message's status",
+                "send",
+                {
+                    "200": {"description": "the ledger row", "content": {JSON: {"schema": state}}},
+                    **_errors(401, 403, 404, 503),
+                },
+            ),
+        },
+        "/u/{token}": {
+            "parameters": [token],
+            "get": _op(
+                "Unsubscribe confirmation page",
+                None,
+                {
+                    "200": {"description": "a page with a button", "content": html},
+                    "404": {"description": "unknown token"},
+                },
+            ),
+            "post": _op(
+                "One-click unsubscribe (RFC 8058): no redirect",
+                None,
+                {"200": {"description": "unsubscribed", "content": html}, "404": {"description": "unknown token"}},
+            ),
+        },
+    }
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     db = {"name": "db", "in": "path", "required": True, "schema": {"type": "string", "enum": list(settings.databases)}}
     oid = {
@@ -258,6 +316,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             ),
         },
     }
+    if settings.smtp is not None:
+        paths.update(_sending_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "streamapp", "version": __version__},

@@ -31,14 +31,17 @@ class OwnerRouter:
         self._session: aiohttp.ClientSession | None = None
 
     def owner(self, table: str, key: bytes) -> URL | None:
-        """The owner's URL, or None when this worker owns the key (503 when unknown).
+        """The URL of the worker owning `key`, or None when it is this worker (503 when unknown).
 
         The partition is computed like the writers compute it (not through the
         producer's metadata, which may not know the changelog topic yet).
         """
+        return self.owner_of_partition(table, partition_for(key, self.sa.settings.service.partitions))
+
+    def owner_of_partition(self, table: str, partition: int) -> URL | None:
+        """The URL of the worker owning `partition` of `table`, or None when it is this worker."""
         if not self.sa.is_ready():
             raise unavailable("worker is starting or rebalancing")
-        partition = partition_for(key, self.sa.settings.service.partitions)
         changelog = self.sa.faust.tables[table].changelog_topic.get_topic_name()
         for url, topics in self.sa.faust.assignor.changelog_distribution.items():
             if partition in topics.get(changelog, ()):

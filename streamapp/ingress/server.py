@@ -73,8 +73,21 @@ def build_web_app(sa: StreamApp, owners: OwnerRouter) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/api/v1/openapi.json", openapi)
-    RecipientRoutes(sa, Authenticator(sa.settings.tokens), owners).add_to(app)
+    auth = Authenticator(sa.settings.tokens)
+    RecipientRoutes(sa, auth, owners).add_to(app)
+    if sa.sending is not None:
+        _add_sending_routes(app, sa, auth, owners)
     return app
+
+
+def _add_sending_routes(app: web.Application, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
+    """Message status and the unsubscribe page, when the worker sends (docs/sending.md)."""
+    from streamapp.sending.engine import unsubscribe_secret
+    from streamapp.sending.routes import MessageRoutes
+    from streamapp.sending.unsubscribe_routes import UnsubscribeRoutes
+
+    MessageRoutes(sa, auth, owners).add_to(app)
+    UnsubscribeRoutes(lambda commands: sa.publisher.publish(commands), unsubscribe_secret(sa.settings)).add_to(app)
 
 
 class ApiServer(Service):  # type: ignore[misc]

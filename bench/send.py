@@ -1,0 +1,139 @@
+"""Sending benchmark: raw SMTP ceiling, streamapp campaign throughput, transactional latency under load.
+
+Needs a Kafka broker (`--broker`, default $STREAMAPP_TEST_BROKER or kafka://127.0.0.1:19092) and
+Postfix's `smtp-sink`. Starts one `streamapp worker` subprocess with `[smtp]` pointing at
+smtp-sink (`connections` connections) and prints one JSON object:
+
+- raw: aiosmtplib over `connections` persistent connections, one pre-built message (bench/smtp_raw.py)
+- campaign: 50,000 campaign messages, first enqueue to the last recorded `sent` (the worker's
+  streamapp_messages_total, polled every 20 ms), and campaign/raw
+- transactional: enqueue -> SMTP acceptance (the ledger row's updatedAt is taken when the SMTP
+  reply arrives) of messages sent one at a time while 100,000 campaign messages are queued
+
+Run: `.venv/bin/python bench/send.py` (about 3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiokafka import AIOKafkaProducer
+
+from bench.smtp_raw import message as raw_message
+from bench.smtp_raw import raw, wait_listening
+from streamapp.models import SendMessage
+from streamapp.sending import retry
+from streamapp.sending.enqueue import enqueue, enqueue_with
+from streamapp.settings import Settings
+from streamapp.topics import bootstrap_servers
+from tests.fixtures import Worker, WorkerPool, free_port
+from tests.streamapp.mail.fixtures import postfix_sink_command
+from tests.streamapp.sending.fixtures import add_recipients, ledger, message, settings_of, smtp_extra, write_templates
+
+
+def sent_total(worker: Worker, priority: str) -> float:
+    text = httpx.get(f"{worker.url}/metrics", timeout=10).text
+    prefix = f'streamapp_messages_total{{outcome="sent",priority="{priority}"}} '
+    return sum(float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix))
+
+
+def campaign_run(worker: Worker, ids: list[str]) -> dict[str, float]:
+    settings = settings_of(worker)
+    before = sent_total(worker, "campaign")
+    messages = [message(settings, i) for i in ids]
+    started = time.perf_counter()
+    asyncio.run(enqueue(settings, messages))
+    enqueued = time.perf_counter() - started
+    while sent_total(worker, "campaign") < before + len(ids):
+        time.sleep(0.02)
+    seconds = time.perf_counter() - started
+    return {"messages": len(ids), "enqueue_seconds": round(enqueued, 3), "seconds": round(seconds, 3),
+            "messages_per_s": round(len(ids) / seconds)}  # fmt: skip
+
+
+async def _send_one_by_one(settings: Settings, vip: str, samples: int) -> list[SendMessage]:
+    """One long-lived producer; each message stamped (enqueuedAt) right before it is sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings), acks="all", linger_ms=0)
+    await producer.start()
+    sent = []
+    try:
+        for _ in range(samples):
+            m = message(settings, vip, "receipt", "transactional", properties={"order": "B1"})
+            await enqueue_with(producer, settings, [m])
+            sent.append(m)
+            await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+    return sent
+
+
+def latency_run(worker: Worker, campaign_ids: list[str], vip: str, samples: int) -> dict[str, float]:
+    settings = settings_of(worker)
+    asyncio.run(enqueue(settings, [message(settings, i) for i in campaign_ids]))
+    urgent = asyncio.run(_send_one_by_one(settings, vip, samples))
+    campaign_left = len(campaign_ids) - (sent_total(worker, "campaign") % len(campaign_ids))
+    deadline = time.monotonic() + 120
+    while True:
+        rows = ledger(settings)
+        if all(m.messageId in rows and rows[m.messageId].status == "sent" for m in urgent):
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit("transactional messages not all sent within 120 s")
+        time.sleep(0.5)
+    waits = sorted(
+        (retry.parse_time(rows[m.messageId].updatedAt) - retry.parse_time(m.enqueuedAt)).total_seconds() * 1000
+        for m in urgent
+    )
+    return {"samples": samples, "p50_ms": round(statistics.median(waits), 1),
+            "p99_ms": round(waits[min(len(waits) - 1, int(len(waits) * 0.99))], 1), "max_ms": round(waits[-1], 1),
+            "campaign_still_queued_after_last_sample": int(campaign_left)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--broker", default=os.environ.get("STREAMAPP_TEST_BROKER", "kafka://127.0.0.1:19092"))
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--campaign", type=int, default=50_000)
+    parser.add_argument("--queued", type=int, default=100_000)
+    parser.add_argument("--samples", type=int, default=200)
+    args = parser.parse_args()
+    port = free_port()
+    sink = subprocess.Popen(postfix_sink_command(port, ["-m", "1000"]), stdout=subprocess.DEVNULL)
+    base = Path(tempfile.mkdtemp(prefix="bench-send-"))
+    pool = WorkerPool(args.broker, base)
+    try:
+        wait_listening(port)
+        results: dict[str, object] = {"connections": args.connections}
+        results["raw"] = asyncio.run(raw(port, args.connections, 20_000, raw_message()))
+        write_templates(base)
+        worker = pool.create(extra=smtp_extra(port, connections=args.connections))
+        tag = uuid.uuid4().hex[:6]
+        ids = [f"b{tag}-{i}" for i in range(max(args.campaign, args.queued))]
+        add_recipients(worker, [*ids, f"vip-{tag}"])
+        campaign = campaign_run(worker, ids[: args.campaign])
+        raw_rate = results["raw"]["messages_per_s"]  # type: ignore[index]
+        results["campaign"] = campaign | {"ratio_to_raw": round(campaign["messages_per_s"] / raw_rate, 3)}
+        results["transactional"] = latency_run(worker, ids[: args.queued], f"vip-{tag}", args.samples)
+        print(json.dumps(results))
+    finally:
+        pool.stop_all()
+        sink.terminate()
+        sink.wait(10)
+
+
+if __name__ == "__main__":
+    main()

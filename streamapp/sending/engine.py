@@ -1,0 +1,278 @@
+"""The send engine of one worker: a mode.Service beside the Faust app.
+
+It owns the SMTP pool, the dispatcher with its sender tasks, the schedule of deferred and
+scheduled messages, and the flow control that pauses priority topics' partitions. The send
+agents (agents/sending.py) only hand events to `submit`. Design: docs/sending.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import TopicPartition
+from mode import Service
+
+from streamapp import metrics
+from streamapp.mail.mime import MimeBuilder
+from streamapp.mail.smtp import SmtpPool
+from streamapp.mail.templates import TemplateStore
+from streamapp.mail.unsubscribe import load_or_create_secret
+from streamapp.models import PRIORITIES, Priority, RecipientCommand, SendMessage
+from streamapp.sending import retry
+from streamapp.sending.dispatcher import Dispatcher
+from streamapp.sending.ids import messages_topic
+from streamapp.sending.ledger import Ledger
+from streamapp.sending.pipeline import Job, Pipeline
+from streamapp.sending.schedule import Schedule
+from streamapp.settings import Settings
+
+if TYPE_CHECKING:
+    from streamapp.app import StreamApp
+
+log = logging.getLogger(__name__)
+
+#: Sender tasks per SMTP connection: while one waits for its ledger write, another uses the connection.
+SENDERS_PER_CONNECTION = 2
+#: Queued messages per priority at which its partitions stop being fetched (resumed below half).
+QUEUE_HIGH = 1000
+TICK_SECONDS = 0.02
+
+
+def _unread(consumer: Any, tps: list[TopicPartition]) -> bool:
+    """Whether any of the partitions has records this consumer has not handed out yet.
+
+    Uses the high-water mark of the last fetch response and the fetch position (aiokafka's
+    assignment state): both local, no request to the broker.
+    """
+    assignment = consumer._subscription.subscription.assignment if consumer._subscription.subscription else None
+    if assignment is None:
+        return False
+    for tp in tps:
+        if tp not in assignment.tps:
+            continue
+        highwater, position = consumer.highwater(tp), assignment.state_value(tp).position
+        if highwater is not None and position is not None and highwater > position:
+            return True
+    return False
+
+
+def template_names(settings: Settings) -> set[str]:
+    return {t.template for t in settings.triggers.values()} | {c.template for c in settings.campaigns.values()}
+
+
+def unsubscribe_secret(settings: Settings) -> bytes:
+    """Shared by every worker of a deployment (docs/sending.md): `<data_dir>/unsubscribe.key`."""
+    return load_or_create_secret(settings.service.data_dir / "unsubscribe.key")
+
+
+class SendEngine(Service):  # type: ignore[misc]
+    def __init__(self, sa: StreamApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        assert sa.settings.smtp is not None, "sending needs [smtp] (or the dev sink)"
+        self.sa = sa
+        self.smtp = smtp = sa.settings.smtp
+        self.topics: dict[Priority, str] = {p: messages_topic(sa.settings, p) for p in PRIORITIES}
+        self.ledger = Ledger(sa.faust, sa.messages)
+        self.schedule = Schedule()
+        self.pool = SmtpPool(
+            smtp.host, smtp.port, smtp.connections, smtp.rate_per_second, smtp.username, smtp.password, smtp.starttls
+        )
+        self.pipeline = Pipeline(
+            smtp=smtp,
+            public_url=sa.settings.service.public_url,
+            ledger=self.ledger,
+            recipients=sa.recipients,
+            history=sa.history,
+            templates=TemplateStore.load(sa.settings.templates_dir, template_names(sa.settings)),
+            builder=MimeBuilder(smtp.sender, unsubscribe_mailto=smtp.unsubscribe_mailto),
+            send=self.pool.send,
+            publish=self._publish,
+            secret=unsubscribe_secret(sa.settings),
+            schedule=self.schedule.add,
+        )
+        self.dispatcher = Dispatcher(self._run, smtp.connections * SENDERS_PER_CONNECTION, QUEUE_HIGH)
+        self.dispatcher.on_change = self._flow_if_changed
+        self.owned: set[int] = set()
+        self.active: set[str] = set()  # message ids being processed (a duplicate event waits for the ledger)
+        self.next_offset: dict[Any, int] = {}
+        self._last_wanted: set[Priority] = set()
+        self._wake = asyncio.Event()
+
+    # -- from the agents -------------------------------------------------------
+
+    def submit(self, event: Any, command: SendMessage) -> None:
+        """Queue a message read from Kafka; its event is acked once the outcome is recorded."""
+        message = event.message
+        self.next_offset[message.tp] = message.offset + 1
+        self.dispatcher.submit(Job(command, message.partition, event))
+
+    # -- processing ------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        message_id = job.command.messageId
+        if message_id in self.active:  # the same message twice on the topic: the first one decides
+            self._ack(job)
+            return
+        self.active.add(message_id)
+        started = time.monotonic()
+        try:
+            if self._stopping() or (job.partition not in self.owned and self.owned):
+                return  # revoked while queued, or shutting down: read again later, by us or the new owner
+            await self.pipeline.run(job)
+        except Exception as exc:
+            if self._stopping():
+                log.info("message %s left unrecorded at shutdown (%r): it will be read again", message_id, exc)
+                return
+            if job.partition not in self._assigned_partitions():
+                log.info("message %s dropped: partition %d was revoked (%r)", message_id, job.partition, exc)
+                return
+            log.exception("cannot record the outcome of message %s: stopping the worker", message_id)
+            await self.sa.faust.crash(exc)
+            return
+        finally:
+            self.active.discard(message_id)
+        self._ack(job)
+        metrics.SEND_DURATION.labels(priority=job.command.priority).observe(time.monotonic() - started)
+
+    def _stopping(self) -> bool:
+        """The app closes its tables on shutdown: nothing may be sent or recorded from then on."""
+        return bool(self.should_stop or self.sa.faust.should_stop)
+
+    @staticmethod
+    def _ack(job: Job) -> None:
+        if job.event is not None:
+            job.event.ack()
+
+    async def _publish(self, commands: list[RecipientCommand]) -> None:
+        await self.sa.publisher.publish(commands)
+
+    # -- service ---------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        for _ in range(self.dispatcher.senders):
+            self.add_future(self.dispatcher.sender())
+        self.add_future(self._ticker())
+        self.add_future(self._gauges())
+        self.sa.faust.on_partitions_revoked.connect(self._on_revoked)
+        log.info("send engine: %d sender tasks, SMTP %s:%d", self.dispatcher.senders, self.smtp.host, self.smtp.port)
+
+    async def on_stop(self) -> None:
+        await self.pool.close()
+
+    async def _on_revoked(self, sender: Any, revoked: Iterable[Any], **kwargs: Any) -> None:
+        mine = [(p, tp.partition) for tp in revoked for p, topic in self.topics.items() if tp.topic == topic]
+        partitions = {partition for _, partition in mine}
+        self.owned -= partitions
+        self.schedule.forget(partitions)
+        self.dispatcher.drop(mine)
+
+    # -- timer: schedule, flow control -------------------------------------------
+
+    def _assigned_partitions(self) -> set[int]:
+        topic = self.topics["transactional"]  # all priority topics are co-partitioned
+        return {tp.partition for tp in self.sa.faust.consumer.assignment() if tp.topic == topic}
+
+    async def _ticker(self) -> None:
+        """Every tick: take over newly assigned partitions' schedules, release due messages, re-apply pauses."""
+        while not self.should_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
+            self._wake.clear()
+            if not self.sa.is_ready():
+                continue
+            try:
+                self._tick()
+                await self._flow()
+            except Exception:
+                log.exception("send engine tick failed")
+
+    def _tick(self) -> None:
+        assigned = self._assigned_partitions()
+        self.schedule.forget(self.schedule.loaded - assigned)
+        for partition in sorted(assigned - self.schedule.loaded):
+            count = self.schedule.load(partition, self.ledger.pending(partition))
+            log.info("partition %d: %d scheduled or deferred messages taken over", partition, count)
+        self.owned = assigned
+        for partition, state in self.schedule.due():
+            if partition in assigned and state.command is not None:
+                self.dispatcher.submit(Job(state.command, partition, released=True))
+
+    def _flow_if_changed(self) -> None:
+        """Called on every queue change (cheap); wakes the ticker when the wanted pauses changed."""
+        if self.dispatcher.wanted_pauses() != self._last_wanted:
+            self._wake.set()
+
+    async def _flow(self) -> None:
+        """Pause fetching the partitions of priorities that should wait; resume the others.
+
+        A priority waits while its in-memory queue is full, or while a higher priority has work
+        queued in memory *or unread in Kafka* (high-water mark above the fetch position). The
+        second part is what makes a transactional message overtake a campaign: aiokafka hands
+        out buffered records partition by partition, so a transactional record fetched after a
+        megabyte of campaign records would otherwise wait for all of them to pass through Faust.
+
+        The pause is aiokafka's own, applied in the consumer's thread: aiokafka discards
+        records it buffered for a paused partition *without* moving its position, so they are
+        fetched again on resume. Faust's `pause_partitions` is not used: records of a partition
+        paused while Faust iterates a fetched batch are dropped and the read offset jumps, which
+        Faust takes for a gap and commits past (lost messages). aiokafka forgets pauses on every
+        rebalance, so each tick re-applies the wanted state.
+        """
+        queued = self.dispatcher.wanted_pauses()
+        self._last_wanted = queued
+        owned, topics = set(self.owned), dict(self.topics)
+        thread = self.sa.faust.consumer._thread
+
+        async def apply() -> None:
+            consumer = thread._ensure_consumer()
+            assigned = consumer.assignment()
+            wanted = set(queued)
+            for rank, priority in enumerate(PRIORITIES[:-1]):
+                if _unread(consumer, [TopicPartition(topics[priority], p) for p in owned]):
+                    wanted.update(PRIORITIES[rank + 1 :])
+            target = {TopicPartition(topics[p], partition) for p in wanted for partition in owned}
+            paused = {tp for tp in consumer.paused() if tp.topic in topics.values()}
+            pause = [tp for tp in target - paused if tp in assigned]
+            resume = [tp for tp in paused - target if tp in assigned]
+            if pause:
+                consumer.pause(*pause)
+            if resume:
+                consumer.resume(*resume)
+
+        await thread.call_thread(apply)
+
+    # -- metrics -----------------------------------------------------------------
+
+    async def _gauges(self) -> None:
+        while not self.should_stop:
+            await asyncio.sleep(1.0)
+            try:
+                await self._update_gauges()
+            except Exception:
+                log.debug("queue gauges not updated", exc_info=True)
+
+    async def _update_gauges(self) -> None:
+        """Per worker, over its partitions: unread records + in-memory queue + scheduled and deferred.
+
+        Unread records are end offsets (asked from the broker: a paused partition's cached
+        high-water mark is stale) minus the next offset this worker has not seen yet.
+        """
+        if not self.sa.is_ready():
+            return
+        consumer = self.sa.faust.consumer
+        tps = [tp for tp in self.next_offset if tp.partition in self.owned]
+        ends = await consumer.highwaters(*tps) if tps else {}
+        waiting = self.schedule.counts()
+        now = datetime.now(UTC)
+        for priority, topic in self.topics.items():
+            unread = sum(max(0, end - self.next_offset[tp]) for tp, end in ends.items() if tp.topic == topic)
+            queue = self.dispatcher.queues[priority]
+            metrics.QUEUE_DEPTH.labels(priority).set(unread + len(queue) + waiting[priority])
+            oldest = (now - retry.parse_time(queue[0].command.enqueuedAt)).total_seconds() if queue else 0.0
+            metrics.OLDEST_QUEUED_AGE.labels(priority).set(max(0.0, oldest))

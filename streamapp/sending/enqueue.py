@@ -1,0 +1,48 @@
+"""Publish SendMessage commands to the priority topics (tests and benchmarks; the HTTP API comes next).
+
+Each message goes to its recipient's partition, which is also the partition its id names, so
+the send agent for that partition reads the recipient and writes the ledger locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+
+from streamapp.models import SendMessage, encode
+from streamapp.partitioning import partition_for, recipient_key
+from streamapp.sending.ids import messages_topic, partition_of
+from streamapp.settings import Settings
+from streamapp.topics import bootstrap_servers
+
+
+def partition_of_message(message: SendMessage, partitions: int) -> int:
+    """The recipient's partition; the message id must name the same one."""
+    partition = partition_for(recipient_key(message.database, message.originalId), partitions)
+    if partition_of(message.messageId) != partition:
+        raise ValueError(f"message id {message.messageId!r} does not name partition {partition} of its recipient")
+    return partition
+
+
+async def enqueue_with(producer: AIOKafkaProducer, settings: Settings, messages: Sequence[SendMessage]) -> None:
+    """Send through a started producer; return once Kafka acknowledged every message."""
+    partitions = settings.service.partitions
+    pending = [
+        await producer.send(
+            messages_topic(settings, m.priority), value=encode(m), partition=partition_of_message(m, partitions)
+        )
+        for m in messages
+    ]
+    await asyncio.gather(*pending)
+
+
+async def enqueue(settings: Settings, messages: Sequence[SendMessage]) -> None:
+    """Publish with a producer of its own (acks=all); returns once every message is acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings), acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        await enqueue_with(producer, settings, messages)
+    finally:
+        await producer.stop()

@@ -1,0 +1,65 @@
+"""Reads and durable writes of the message ledger (table `messages`).
+
+A write returns only once Kafka acknowledged the changelog record. That is what bounds the
+duplicates after a crash: a sender takes its next message only after the outcome of the last one
+is in the changelog, so at most one accepted-but-unrecorded message per sender task can be sent
+again by the worker that takes the partition over (docs/sending.md).
+
+Like tables/bulk.py, rows go straight to the partition's RocksDB and to the changelog through
+aiokafka (concurrent writes share produce batches: group commit for free), bypassing Faust's
+per-key path, and the store's persisted changelog offset advances on each ack.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from streamapp.models import MessageState, decode_state, encode
+from streamapp.tables.bulk import _tp
+
+log = logging.getLogger(__name__)
+
+_FAUST_KEYS = b"__faust"
+
+
+class Ledger:
+    def __init__(self, app: Any, table: Any) -> None:
+        self.app = app
+        self.table = table
+
+    def _db(self, partition: int) -> Any:
+        return self.table.data._db_for_partition(partition)
+
+    def get(self, partition: int, message_id: str) -> MessageState | None:
+        raw = self._db(partition).get(message_id.encode())
+        return decode_state(raw) if raw is not None else None
+
+    async def put(self, partition: int, state: MessageState) -> None:
+        """Write the row locally, then wait for the changelog's acknowledgement."""
+        key, value = state.messageId.encode(), encode(state)
+        self._db(partition)[key] = value
+        producer = self.app.producer._ensure_producer()
+        changelog = self.table.changelog_topic.get_topic_name()
+        pending = await producer.send(changelog, value=value, key=key, partition=partition)
+        metadata = await pending
+        try:
+            self.table.data.set_persisted_offset(_tp(changelog, partition), metadata.offset)
+        except Exception:  # partition revoked meanwhile: its DB is closed
+            log.debug("persisted offset not recorded for revoked %s[%d]", changelog, partition)
+
+    def pending(self, partition: int) -> Iterator[MessageState]:
+        """Every row of the partition that may still be sent (scheduled or deferred)."""
+        for key, raw in self._db(partition).items():
+            if key.startswith(_FAUST_KEYS):
+                continue
+            try:
+                state = decode_state(raw)
+            except msgspec.DecodeError:
+                log.error("undecodable ledger row %r in partition %d", key, partition)
+                continue
+            if state.status in ("scheduled", "deferred") and state.command is not None:
+                yield state

@@ -1,0 +1,219 @@
+"""One message, from the ledger check to its recorded outcome (SPEC §6).
+
+Order: ledger (already final: skip, so a redelivered event sends nothing), not-before (too
+early: scheduled), recipient (unknown: failed), suppression (bounced always; unsubscribed unless
+the trigger is transactional), render (an undefined variable fails the message, naming it),
+MIME, SMTP, then the ledger row and, for bounces, a recipient command.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from streamapp import metrics
+from streamapp.mail.mime import MimeBuilder, MimeError
+from streamapp.mail.smtp import SmtpOutcome
+from streamapp.mail.templates import RenderError, TemplateStore
+from streamapp.mail.unsubscribe import make_token
+from streamapp.models import (
+    FINAL_STATUSES,
+    MessageState,
+    Recipient,
+    RecipientCommand,
+    SendMessage,
+    SmtpReply,
+    SoftBounce,
+    UpsertRecipient,
+    decode_history,
+    decode_recipient,
+)
+from streamapp.partitioning import recipient_key
+from streamapp.sending import retry
+from streamapp.sending.ledger import Ledger
+from streamapp.settings import SmtpSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Job:
+    """A message to process on `partition`; `event` (from Kafka) is acked once it is recorded."""
+
+    command: SendMessage
+    partition: int
+    event: Any = None
+    released: bool = False  # taken from the schedule (scheduled or deferred before)
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: str
+    reason: str | None = None
+    reply: SmtpOutcome | None = None
+
+
+Send = Callable[[str, str, bytes], Awaitable[SmtpOutcome]]
+Publish = Callable[[list[RecipientCommand]], Awaitable[None]]
+
+
+class Pipeline:
+    """Everything one message needs; shared by all sender tasks of a worker."""
+
+    def __init__(
+        self,
+        *,
+        smtp: SmtpSettings,
+        public_url: str,
+        ledger: Ledger,
+        recipients: Any,
+        history: Any,
+        templates: TemplateStore,
+        builder: MimeBuilder,
+        send: Send,
+        publish: Publish,
+        secret: bytes,
+        schedule: Callable[[MessageState, int], None],
+    ) -> None:
+        self.smtp = smtp
+        self.public_url = public_url
+        self.ledger = ledger
+        self.recipients = recipients
+        self.history = history
+        self.templates = templates
+        self.builder = builder
+        self.send = send
+        self.publish = publish
+        self.secret = secret
+        self.schedule = schedule
+
+    async def run(self, job: Job) -> None:
+        """Process and record one message; the caller acks the job's event afterwards."""
+        previous = self.ledger.get(job.partition, job.command.messageId)
+        if previous is not None and (previous.status in FINAL_STATUSES or not job.released):
+            return  # done before, or scheduled/deferred and owned by the schedule
+        now = datetime.now(UTC)
+        if job.command.notBefore and retry.parse_time(job.command.notBefore) > now:
+            await self._record(job, previous, Outcome("scheduled"), now)
+            return
+        outcome, recipient = await self._deliver(job, now)
+        done = datetime.now(UTC)
+        # Before the ledger row: a crash in between re-sends nothing (the recipient is then
+        # bounced and the replayed message suppressed) instead of losing the bounce.
+        await self._recipient_effects(job.command, outcome, recipient, retry.iso(done))
+        await self._record(job, previous, outcome, done)
+
+    async def _deliver(self, job: Job, now: datetime) -> tuple[Outcome, Recipient | None]:
+        command = job.command
+        key = recipient_key(command.database, command.originalId)
+        raw = self._db(self.recipients, job.partition).get(key)
+        if raw is None:
+            return Outcome("failed", "unknown recipient"), None
+        recipient = decode_recipient(raw)
+        suppressed = _suppression(recipient, command)
+        if suppressed:
+            return Outcome("suppressed", suppressed), recipient
+        address = command.email or recipient.email
+        if not address:
+            return Outcome("failed", "recipient has no e-mail address"), recipient
+        try:
+            data = self._build(command, recipient, address, job.partition, key)
+        except (RenderError, MimeError, KeyError) as exc:
+            return Outcome("failed", str(exc).strip("'\"")), recipient
+        reply = await self.send(self.smtp.sender, address, data)
+        metrics.SMTP_REPLIES.labels(reply.reply_class).inc()
+        return Outcome(reply.kind, reply.text if reply.kind != "sent" else None, reply), recipient
+
+    def _build(self, command: SendMessage, recipient: Recipient, address: str, partition: int, key: bytes) -> bytes:
+        history_raw = self._db(self.history, partition).get(key)
+        history = msgspec.to_builtins(decode_history(history_raw)) if history_raw is not None else []
+        view = {"originalId": recipient.originalId, "email": address, "attributes": recipient.attributes}
+        rendered = self.templates.render(command.template, view, command.properties, history)
+        token = make_token(self.secret, command.database, command.originalId, command.messageId)
+        return self.builder.build(
+            message_id=command.messageId,
+            to=address,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            unsubscribe_url=f"{self.public_url}/u/{token}",
+        )
+
+    async def _record(self, job: Job, previous: MessageState | None, outcome: Outcome, now: datetime) -> MessageState:
+        state = next_state(self.smtp, job.command, previous, outcome, now)
+        await self.ledger.put(job.partition, state)
+        if state.status in ("scheduled", "deferred"):
+            self.schedule(state, job.partition)
+        metrics.MESSAGES.labels(priority=state.priority, outcome=state.status).inc()
+        return state
+
+    async def _recipient_effects(
+        self, command: SendMessage, outcome: Outcome, recipient: Recipient | None, at: str
+    ) -> None:
+        """Hard bounce: the recipient is bounced; soft bounce: counted; delivery: the count resets."""
+        if recipient is None or outcome.reply is None:
+            return
+        reply = outcome.reply
+        commands: list[RecipientCommand] = []
+        if reply.kind == "failed" and reply.recipient_fault:
+            commands.append(
+                UpsertRecipient(database=command.database, originalId=command.originalId, at=at, status="bounced")
+            )
+        elif reply.kind == "deferred" and reply.code is not None and reply.stage in ("rcpt", "data"):
+            commands.append(SoftBounce(database=command.database, originalId=command.originalId, at=at, action="inc"))
+        elif reply.kind == "sent" and recipient.softBounces:
+            commands.append(SoftBounce(database=command.database, originalId=command.originalId, at=at, action="reset"))
+        if commands:
+            await self.publish(commands)
+
+    @staticmethod
+    def _db(table: Any, partition: int) -> Any:
+        return table.data._db_for_partition(partition)
+
+
+def _suppression(recipient: Recipient, command: SendMessage) -> str | None:
+    if recipient.status == "bounced":
+        return "recipient bounced"
+    if recipient.status == "unsubscribed" and not command.transactional:
+        return "recipient unsubscribed"
+    return None
+
+
+def next_state(
+    smtp: SmtpSettings, command: SendMessage, previous: MessageState | None, outcome: Outcome, now: datetime
+) -> MessageState:
+    """The ledger row after `outcome`: pure, so the retry and expiry rules are unit-tested."""
+    attempts = (previous.attempts if previous else 0) + (1 if outcome.reply is not None else 0)
+    status, reason, next_at = outcome.status, outcome.reason, None
+    created = previous.createdAt if previous else command.enqueuedAt
+    if status == "deferred":
+        if retry.expired(smtp, created, now):
+            status, reason = "failed", f"expired after {attempts} attempt(s): {outcome.reason}"
+        else:
+            next_at = retry.iso(retry.next_attempt(smtp, attempts, now))
+    elif status == "scheduled":
+        next_at = command.notBefore
+    reply = outcome.reply
+    last_reply = SmtpReply(code=reply.code, text=reply.text) if reply else (previous.lastReply if previous else None)
+    return MessageState(
+        messageId=command.messageId,
+        database=command.database,
+        originalId=command.originalId,
+        priority=command.priority,
+        status=status,  # type: ignore[arg-type]
+        attempts=attempts,
+        lastReply=last_reply,
+        reason=reason,
+        createdAt=created,
+        updatedAt=retry.iso(now),
+        nextAttemptAt=next_at,
+        batchId=command.batchId,
+        command=command if status in ("scheduled", "deferred") else None,
+    )

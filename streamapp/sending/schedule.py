@@ -1,0 +1,66 @@
+"""Scheduled and deferred messages: kept in the ledger, released by a timer when due.
+
+Why the ledger and not a re-publish to the topic: a re-published copy would be read again at
+once (Kafka has no delayed delivery), so it would have to be held in memory or re-published in a
+loop; the ledger row already holds the command and `nextAttemptAt`, survives restarts through
+the changelog, and moves with its partition. Each worker keeps an in-memory heap of the due
+times of its own partitions: filled by one scan of a partition's ledger when the partition is
+assigned (after table recovery) and by the pipeline as it schedules or defers, emptied of a
+partition's entries when it is revoked. A message is released when its time has come, never
+earlier.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from streamapp.models import MessageState, Priority
+from streamapp.sending import retry
+
+
+class Schedule:
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str]] = []
+        self._due: dict[str, tuple[float, int, MessageState]] = {}  # messageId -> (due, partition, state)
+        self._order = itertools.count()
+        self.loaded: set[int] = set()
+
+    def add(self, state: MessageState, partition: int) -> None:
+        due = retry.parse_time(state.nextAttemptAt).timestamp() if state.nextAttemptAt else time.time()
+        self._due[state.messageId] = (due, partition, state)
+        heapq.heappush(self._heap, (due, next(self._order), state.messageId))
+
+    def load(self, partition: int, states: Iterable[MessageState]) -> int:
+        """Take over a newly assigned partition's scheduled and deferred messages."""
+        count = 0
+        for state in states:
+            self.add(state, partition)
+            count += 1
+        self.loaded.add(partition)
+        return count
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """A revoked partition's messages are the new owner's."""
+        gone = set(partitions)
+        self.loaded -= gone
+        for message_id in [m for m, (_, p, _) in self._due.items() if p in gone]:
+            del self._due[message_id]
+
+    def due(self, now: float | None = None) -> list[tuple[int, MessageState]]:
+        """Remove and return (partition, state) of every message whose time has come."""
+        now = time.time() if now is None else now
+        released = []
+        while self._heap and self._heap[0][0] <= now:
+            due, _, message_id = heapq.heappop(self._heap)
+            entry = self._due.get(message_id)
+            if entry is not None and entry[0] == due:  # else superseded or forgotten
+                del self._due[message_id]
+                released.append((entry[1], entry[2]))
+        return released
+
+    def counts(self) -> Counter[Priority]:
+        return Counter(state.priority for _, _, state in self._due.values())
