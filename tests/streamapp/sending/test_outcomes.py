@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.fixtures import Worker, WorkerPool, client, free_port
@@ -129,6 +130,22 @@ def test_reply_classes_and_suppression(setup: tuple[Worker, PeerProcess, Path]) 
         assert {"/api/v1/messages/{messageId}", "/u/{token}"} <= set(paths)
     with client(worker, "reader") as api:
         assert api.get(f"/api/v1/messages/{sent}").status_code == 403
+
+    # Metrics of SPEC §7 for sending, with no recipient data in labels.
+    text = httpx.get(f"{worker.url}/metrics").text
+    for line in (
+        'streamapp_messages_total{outcome="sent",priority="campaign"}',
+        'streamapp_messages_total{outcome="failed",priority="transactional"}',
+        'streamapp_messages_total{outcome="suppressed",priority="campaign"}',
+        'streamapp_smtp_replies_total{class="2xx"}',
+        'streamapp_smtp_replies_total{class="5xx"}',
+        'streamapp_smtp_replies_total{class="connection_error"}',
+        'streamapp_send_duration_seconds_count{priority="campaign"}',
+        'streamapp_queue_depth{priority="transactional"}',
+        'streamapp_oldest_queued_age_seconds{priority="campaign"}',
+    ):
+        assert line in text, line
+    assert "example.com" not in text
 
     # Deferred until expiry: the peer is gone, every attempt is a connection error (no bounce).
     peer.stop()
