@@ -8,6 +8,7 @@ MIME, SMTP, then the ledger row and, for bounces, a recipient command.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,12 @@ from streamapp.sending.ledger import Ledger
 from streamapp.settings import SmtpSettings
 
 log = logging.getLogger(__name__)
+
+#: A message enqueued less than this long ago waits for its recipient to be created...
+UNKNOWN_RECIPIENT_GRACE = 10.0
+#: ...polling the recipients table this often, this many times (3 s in all).
+UNKNOWN_RECIPIENT_POLL_SECONDS = 0.1
+UNKNOWN_RECIPIENT_POLLS = 30
 
 
 @dataclass(slots=True)
@@ -113,7 +120,7 @@ class Pipeline:
     async def _deliver(self, job: Job, now: datetime) -> tuple[Outcome, Recipient | None]:
         command = job.command
         key = recipient_key(command.database, command.originalId)
-        raw = self._db(self.recipients, job.partition).get(key)
+        raw = await self._recipient(job, key, now)
         if raw is None:
             return Outcome("failed", "unknown recipient"), None
         recipient = decode_recipient(raw)
@@ -172,6 +179,23 @@ class Pipeline:
             commands.append(SoftBounce(database=command.database, originalId=command.originalId, at=at, action="reset"))
         if commands:
             await self.publish(commands)
+
+    async def _recipient(self, job: Job, key: bytes, now: datetime) -> bytes | None:
+        """The recipient's row; a fresh message waits briefly for it.
+
+        The API creates an unknown recipient and enqueues its message at once, on two topics
+        that different agents consume: the message may arrive first by a few milliseconds.
+        """
+        command = job.command
+        db = self._db(self.recipients, job.partition)
+        raw: bytes | None = db.get(key)
+        fresh = (now - retry.parse_time(command.enqueuedAt)).total_seconds() < UNKNOWN_RECIPIENT_GRACE
+        for _ in range(UNKNOWN_RECIPIENT_POLLS if fresh else 0):
+            if raw is not None:
+                break
+            await asyncio.sleep(UNKNOWN_RECIPIENT_POLL_SECONDS)
+            raw = db.get(key)
+        return raw
 
     @staticmethod
     def _db(table: Any, partition: int) -> Any:

@@ -7,6 +7,7 @@ The peer is started only after the first message was tried, so that message is d
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,21 @@ def test_reply_classes_and_suppression(setup: tuple[Worker, PeerProcess, Path]) 
     rows = wait_statuses(settings, {lost: "failed"}, timeout=40)
     assert rows[lost].attempts >= 2 and "expired" in (rows[lost].reason or "")
     assert recipient(worker, ok)["status"] == "active"
+
+
+def test_a_message_arriving_just_before_its_recipient_is_created_is_sent(
+    setup: tuple[Worker, PeerProcess, Path],
+) -> None:
+    """The trigger API creates a recipient and enqueues its message at once, on two topics."""
+    worker, peer, maildir = setup
+    peer.start()
+    settings = settings_of(worker)
+    newcomer = f"new-{uuid.uuid4().hex[:6]}"
+    add_recipients(worker, [f"warm-{newcomer}"])  # the worker is up and applying commands
+    [early] = send(settings, [message(settings, newcomer, "receipt", "transactional", properties={"order": "N1"})])
+    time.sleep(0.5)
+    with client(worker) as api:
+        path = f"/api/v1/databases/members/recipients/{newcomer}"
+        assert api.put(path, json={"email": f"{newcomer}@example.com"}).status_code == 202
+    assert wait_statuses(settings, {early: "sent"})[early].status == "sent"
+    assert maildir_ids(maildir) == {early: 1}
