@@ -104,13 +104,10 @@ def _monitor() -> PrometheusMonitor:
     return _Monitor(metrics=_faust_metrics)
 
 
-def create_app(settings: Settings) -> StreamApp:
-    app = faust.App(settings.service.id, **faust_settings(settings))
-    transport.install(app)
-    app.monitor = _monitor()
-    partitions = settings.service.partitions
-    commands = app.topic(
-        commands_topic(settings),
+def source_topic(app: faust.App, name: str, partitions: int) -> Any:
+    """A topic of raw MessagePack events, created by us before the worker subscribes (topics.py)."""
+    return app.topic(
+        name,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -118,6 +115,14 @@ def create_app(settings: Settings) -> StreamApp:
         partitions=partitions,
         internal=True,
     )
+
+
+def create_app(settings: Settings) -> StreamApp:
+    app = faust.App(settings.service.id, **faust_settings(settings))
+    transport.install(app)
+    app.monitor = _monitor()
+    partitions = settings.service.partitions
+    commands = source_topic(app, commands_topic(settings), partitions)
     sa = StreamApp(
         settings=settings,
         faust=app,
@@ -140,18 +145,7 @@ def _add_sending(sa: StreamApp) -> None:
     from streamapp.tables.messages import messages_table
 
     partitions = sa.settings.service.partitions
-    sa.message_topics = {
-        p: sa.faust.topic(
-            messages_topic(sa.settings, p),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=partitions,
-            internal=True,
-        )
-        for p in PRIORITIES
-    }
+    sa.message_topics = {p: source_topic(sa.faust, messages_topic(sa.settings, p), partitions) for p in PRIORITIES}
     sa.messages = messages_table(sa.faust, partitions)
     sa.sending = SendEngine(sa)
     sending_agents.register(sa, sa.sending, sa.message_topics)
