@@ -325,8 +325,15 @@ def _java_cmd(java: str, lib: Path, paths: _Paths, *args: str) -> list[str]:
 
 
 def _random_cluster_id() -> str:
-    """A Kafka Uuid string: 22 chars of url-safe base64, as StorageTool makes."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka Uuid string: 22 chars of url-safe base64, as StorageTool makes.
+
+    Like Kafka's own Uuid.randomUuid(), never one starting with "-": the storage
+    tool's argument parser would read it as an option (1 start in 64 failed).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _format_storage(java: str, lib: Path, paths: _Paths) -> None:
@@ -335,7 +342,7 @@ def _format_storage(java: str, lib: Path, paths: _Paths) -> None:
         return
     cmd = _java_cmd(
         java, lib, paths, STORAGE_TOOL, "format", "--ignore-formatted",
-        "--cluster-id", _random_cluster_id(), "--config", str(paths.config),
+        f"--cluster-id={_random_cluster_id()}", "--config", str(paths.config),
     )  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FORMAT_TIMEOUT, check=False)
     if proc.returncode != 0:

@@ -192,3 +192,11 @@ def test_ensure_jars_without_maven(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "mvn" else real_which(name))
     with pytest.raises(BrokerError, match=r"`mvn` was not found on PATH.*Maven"):
         kafka_broker.ensure_jars(tmp_path)
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    """A random id starting with '-' made the storage tool fail (one start in 64)."""
+    from streamapp.kafka_broker import _random_cluster_id
+
+    ids = [_random_cluster_id() for _ in range(5000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
