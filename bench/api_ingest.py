@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -102,6 +104,13 @@ async def batch_upserts(url: str, batches: int, size: int, concurrency: int) -> 
     }
 
 
+def applied(url: str) -> float:
+    """Commands the worker's agent has applied (streamapp_recipient_commands_total)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(r'^streamapp_recipient_commands_total\{outcome="applied"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--singles", type=int, default=20_000)
@@ -120,6 +129,10 @@ def main() -> None:
         try:
             worker = pool.create(partitions=args.partitions)
             single = asyncio.run(single_upserts(worker.url, args.singles, args.concurrency))
+            started = time.perf_counter()
+            while applied(worker.url) < args.singles:  # let the agent drain the singles first
+                time.sleep(0.05)
+            single["seconds_until_all_applied_after_last_202"] = round(time.perf_counter() - started, 2)
             batch = asyncio.run(batch_upserts(worker.url, args.batches, args.batch_size, 2))
         finally:
             pool.stop_all()

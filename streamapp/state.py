@@ -18,8 +18,8 @@ HISTORY_LIMIT = 1000
 def apply_upsert(current: Recipient | None, command: UpsertRecipient, seq: int = 0) -> Recipient:
     """Touch only the fields the command carries; a command older than the state is skipped."""
     if current is None:
-        current = Recipient(originalId=command.originalId, createdAt=command.at, updatedAt=command.at)
-    elif seq and current.seq >= seq:
+        return _new_recipient(command, seq)
+    if seq and current.seq >= seq:
         return current  # replayed after a crash: its effect (and newer ones) are already there
     changes: dict[str, object] = {"updatedAt": max(current.updatedAt, command.at), "seq": max(current.seq, seq)}
     if command.email is not msgspec.UNSET:
@@ -39,6 +39,20 @@ def apply_upsert(current: Recipient | None, command: UpsertRecipient, seq: int =
     elif command.reactivate and current.status == "inactive":
         changes["status"] = "active"
     return msgspec.structs.replace(current, **changes)
+
+
+def _new_recipient(command: UpsertRecipient, seq: int) -> Recipient:
+    """The common case of a bulk import, built in one step (no merge, no copy)."""
+    attributes = command.attributes
+    return Recipient(
+        originalId=command.originalId,
+        email=None if command.email is msgspec.UNSET else command.email,
+        attributes={} if attributes is msgspec.UNSET else {k: v for k, v in attributes.items() if v is not None},
+        status="active" if command.status is msgspec.UNSET else command.status,
+        createdAt=command.at,
+        updatedAt=command.at,
+        seq=seq,
+    )
 
 
 def sweep_inactive(current: Recipient, before: str, seq: int = 0) -> Recipient | None:

@@ -78,3 +78,16 @@ def test_sweep_skips_recipients_written_after_it() -> None:
     assert sweep_inactive(r, "2026-02-01T00:00:00+00:00", seq=4) is None
     swept = sweep_inactive(r, "2026-02-01T00:00:00+00:00", seq=6)
     assert swept is not None and swept.status == "inactive" and swept.seq == 6
+
+
+def test_creating_equals_updating_an_empty_recipient() -> None:
+    """The one-step path for new recipients gives what the merge path gives."""
+    from streamapp.models import Recipient
+
+    for command in (
+        upsert(email="a@example.com", attributes={"firstname": "Ann", "zipcode": None}, status="unsubscribed"),
+        upsert(attributes={"score": 3}),
+        upsert(),
+    ):
+        empty = Recipient(originalId="C1", createdAt=command.at, updatedAt=command.at)
+        assert apply_upsert(None, command, seq=7) == apply_upsert(empty, command, seq=7)
