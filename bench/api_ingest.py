@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -19,12 +18,11 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamapp import kafka_broker
-from tests.fixtures import ROOT, TOKENS, WorkerPool, free_port
+from tests.fixtures import ROOT, TOKENS, WorkerPool, applied_commands, free_port
 
 HEADERS = {"Authorization": f"Bearer {TOKENS['admin']}"}
 
@@ -104,13 +102,6 @@ async def batch_upserts(url: str, batches: int, size: int, concurrency: int) -> 
     }
 
 
-def applied(url: str) -> float:
-    """Commands the worker's agent has applied (streamapp_recipient_commands_total)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    match = re.search(r'^streamapp_recipient_commands_total\{outcome="applied"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--singles", type=int, default=20_000)
@@ -130,7 +121,7 @@ def main() -> None:
             worker = pool.create(partitions=args.partitions)
             single = asyncio.run(single_upserts(worker.url, args.singles, args.concurrency))
             started = time.perf_counter()
-            while applied(worker.url) < args.singles:  # let the agent drain the singles first
+            while applied_commands(worker.url) < args.singles:  # let the agent drain the singles first
                 time.sleep(0.05)
             single["seconds_until_all_applied_after_last_202"] = round(time.perf_counter() - started, 2)
             batch = asyncio.run(batch_upserts(worker.url, args.batches, args.batch_size, 2))

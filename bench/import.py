@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamapp import kafka_broker
-from tests.fixtures import ROOT, TOKENS, WorkerPool, free_port
+from tests.fixtures import ROOT, TOKENS, WorkerPool, applied_commands, free_port
 
 IMPORT = """
 [[imports]]
@@ -54,12 +53,6 @@ def generate(path: Path, rows: int, run: str) -> None:
                              "Göteborg"])  # fmt: skip
 
 
-def applied(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    match = re.search(r'^streamapp_recipient_commands_total\{outcome="applied"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -77,14 +70,14 @@ def main() -> None:
             source = Path(tmp) / "source.csv"
             generate(source, args.rows, run)
             drop = Path(tmp) / "worker0" / "drop" / "bench"
-            base = applied(worker.url)
+            base = applied_commands(worker.url)
             started = time.perf_counter()
             os.replace(source, drop / "members.csv")  # an atomic drop: complete at once
             reported = readable = None
             while readable is None:
                 if reported is None and list((Path(tmp) / "worker0" / "processed").glob("*.report.json")):
                     reported = time.perf_counter() - started
-                if applied(worker.url) - base >= args.rows:
+                if applied_commands(worker.url) - base >= args.rows:
                     last = httpx.get(f"{worker.url}/api/v1/databases/members/recipients/{run}-{args.rows - 1}",
                                      headers={"Authorization": f"Bearer {TOKENS['admin']}"})  # fmt: skip
                     if last.status_code == 200:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -218,6 +219,16 @@ def worker(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wor
     pool = WorkerPool(kafka, tmp_path_factory.mktemp("worker"))
     yield pool.create()
     pool.stop_all()
+
+
+def applied_commands(url: str) -> float:
+    """Recipient commands a worker's agent has applied (its streamapp_recipient_commands_total), 0 if unreachable."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return 0.0
+    match = re.search(r'^streamapp_recipient_commands_total\{outcome="applied"\} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
 
 
 def client(worker: Worker, token: str | None = "admin") -> httpx.Client:

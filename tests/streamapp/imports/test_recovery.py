@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import random
-import re
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.fixtures import Worker, WorkerPool, client, eventually
+from tests.fixtures import WorkerPool, applied_commands, client, eventually
 from tests.streamapp.imports.fixtures import IMPORTS, drop, drop_folder, find_report, wait_report
 
 pytestmark = pytest.mark.integration
-
-
-def applied(worker: Worker) -> float:
-    try:
-        text = httpx.get(f"{worker.url}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return 0.0
-    match = re.search(r'^streamapp_recipient_commands_total\{outcome="applied"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def big_file(rows: int) -> bytes:
@@ -47,7 +36,7 @@ def test_kill9_mid_file_then_restart_gives_one_clean_import(workers: WorkerPool)
     rows = 200_000
     worker = workers.create(partitions=4, extra=IMPORTS)
     drop(worker, "members/fast", "big.csv", big_file(rows))
-    eventually(lambda: applied(worker) > 10_000, timeout=60, interval=0.05)
+    eventually(lambda: applied_commands(worker.url) > 10_000, timeout=60, interval=0.05)
     assert find_report(worker, "big.csv") is None, "the import finished before the kill: nothing was tested"
     worker.kill()
     inflight = list((worker.data_dir / "drop" / ".streamapp" / "inflight").rglob("*__big.csv"))
