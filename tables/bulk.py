@@ -108,8 +108,8 @@ class PartitionChunk:
             items = items[count:]
 
     def _on_sent(self, app: Any, count: int) -> Any:
-        store, partition = self.table.data, self.partition
-        changelog = self.table.changelog_topic.get_topic_name()
+        table, partition = self.table, self.partition
+        changelog = table.changelog_topic.get_topic_name()
 
         def done(future: asyncio.Future[Any]) -> None:
             if future.cancelled() or future.exception() is not None:
@@ -119,13 +119,18 @@ class PartitionChunk:
                 _crashes.add(task)
                 task.add_done_callback(_crashes.discard)
                 return
-            last = future.result().offset + count - 1
-            try:
-                store.set_persisted_offset(_tp(changelog, partition), last)
-            except Exception:  # partition revoked and its DB closed meanwhile
-                log.debug("persisted offset not recorded for revoked %s[%d]", changelog, partition)
+            record_persisted(table, partition, future.result().offset + count - 1)
 
         return done
+
+
+def record_persisted(table: Any, partition: int, offset: int) -> None:
+    """Advance the store's persisted changelog offset (where recovery resumes) after an ack."""
+    changelog = table.changelog_topic.get_topic_name()
+    try:
+        table.data.set_persisted_offset(_tp(changelog, partition), offset)
+    except Exception:  # partition revoked and its DB closed meanwhile
+        log.debug("persisted offset not recorded for revoked %s[%d]", changelog, partition)
 
 
 def _tp(topic: str, partition: int) -> Any:

@@ -7,6 +7,7 @@ Reads go to the worker that owns the recipient's partition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,9 @@ from streamapp.tables.recipients import HISTORY, RECIPIENTS
 from streamapp.validation import FieldError, check_original_id, now_iso, parse_history, parse_recipient
 
 MAX_BATCH = 10_000
+
+#: Validates one item of a batch body at its JSON path.
+ParseItem = Callable[[Any, str], tuple[RecipientCommand | None, list[FieldError]]]
 
 
 class RecipientRoutes:
@@ -72,6 +76,22 @@ class RecipientRoutes:
             raise ApiError(413, f"{len(items)} items exceed the limit of {MAX_BATCH} per request")
         return items
 
+    async def _accept_all(self, db: DatabaseSettings, items: list[Any], parse: ParseItem, what: str) -> web.Response:
+        """A batch body is all or nothing: 422 listing every bad field, else publish and 202."""
+        commands: list[RecipientCommand] = []
+        errors: list[FieldError] = []
+        for index, item in enumerate(items):
+            command, item_errors = parse(item, f"/{index}")
+            if command is None:
+                errors += item_errors
+            else:
+                commands.append(command)
+        if errors:
+            metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc(len(items))
+            raise unprocessable(errors, f"invalid {what}: nothing was accepted")
+        await self._publish(db, commands, "api")
+        return json_response({"accepted": len(commands)}, status=202)
+
     # -- handlers ----------------------------------------------------------
 
     async def list_databases(self, request: web.Request) -> web.Response:
@@ -102,21 +122,12 @@ class RecipientRoutes:
 
     async def post_recipients(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")
-        items = await self._items(request)
         at, zone = now_iso(), self.settings.service.zone
-        commands: list[RecipientCommand] = []
-        errors: list[FieldError] = []
-        for index, item in enumerate(items):
-            command, item_errors = parse_recipient(db, item, at=at, zone=zone, path=f"/{index}", allow_status=False)
-            if command is None:
-                errors += item_errors
-            else:
-                commands.append(command)
-        if errors:
-            metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc(len(items))
-            raise unprocessable(errors, "invalid recipients: nothing was accepted")
-        await self._publish(db, commands, "api")
-        return json_response({"accepted": len(commands)}, status=202)
+
+        def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
+            return parse_recipient(db, item, at=at, zone=zone, path=path, allow_status=False)
+
+        return await self._accept_all(db, await self._items(request), parse, "recipients")
 
     async def get_recipient(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:read")
@@ -138,20 +149,12 @@ class RecipientRoutes:
 
     async def post_history(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")
-        items = await self._items(request)
         at, zone, types = now_iso(), self.settings.service.zone, self.settings.history_types
-        commands: list[RecipientCommand] = []
-        errors: list[FieldError] = []
-        for index, item in enumerate(items):
-            command, item_errors = parse_history(db, item, types=types, at=at, zone=zone, path=f"/{index}")
-            if command is None:
-                errors += item_errors
-            else:
-                commands.append(command)
-        if errors:
-            raise unprocessable(errors, "invalid history records: nothing was accepted")
-        await self._publish(db, commands, "api")
-        return json_response({"accepted": len(commands)}, status=202)
+
+        def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
+            return parse_history(db, item, types=types, at=at, zone=zone, path=path)
+
+        return await self._accept_all(db, await self._items(request), parse, "history records")
 
     async def get_history(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:read")

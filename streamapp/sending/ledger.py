@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from streamapp.models import MessageState, decode_state, encode
-from streamapp.tables.bulk import _tp
+from streamapp.tables.bulk import record_persisted
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,7 @@ class Ledger:
         changelog = self.table.changelog_topic.get_topic_name()
         pending = await producer.send(changelog, value=value, key=key, partition=partition)
         metadata = await pending
-        try:
-            self.table.data.set_persisted_offset(_tp(changelog, partition), metadata.offset)
-        except Exception:  # partition revoked meanwhile: its DB is closed
-            log.debug("persisted offset not recorded for revoked %s[%d]", changelog, partition)
+        record_persisted(self.table, partition, metadata.offset)
 
     def pending(self, partition: int) -> Iterator[MessageState]:
         """Every row of the partition that may still be sent (scheduled or deferred)."""
