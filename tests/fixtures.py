@@ -236,6 +236,21 @@ def client(worker: Worker, token: str | None = "admin") -> httpx.Client:
     return httpx.Client(base_url=worker.url, headers=headers, timeout=30)
 
 
+def get_when(worker: Worker, path: str, check: Callable[[Any], Any] = lambda body: True, timeout: float = 30) -> Any:
+    """GET until 200 and `check(body)` holds (writes apply asynchronously); a server error fails at once."""
+    with client(worker) as api:
+
+        def attempt() -> Any:
+            response = api.get(path)
+            if response.status_code not in (200, 404, 503):
+                pytest.fail(f"GET {path}: {response.status_code} {response.text}")
+            if response.status_code == 200 and check(response.json()):
+                return response.json()
+            return None
+
+        return eventually(attempt, timeout=timeout)
+
+
 def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
     """Retry `check` until it returns a truthy value without raising (writes apply asynchronously)."""
     deadline = time.monotonic() + timeout

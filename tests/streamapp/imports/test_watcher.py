@@ -10,23 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures import Worker, client, eventually
+from tests.fixtures import Worker, client, eventually, get_when
 from tests.streamapp.imports.fixtures import drop, drop_folder, find_report, wait_report
 
 pytestmark = pytest.mark.integration
 
 
 def recipient(worker: Worker, original_id: str, check: Any = lambda r: True) -> dict[str, Any]:
-    with client(worker) as api:
-
-        def attempt() -> dict[str, Any] | None:
-            response = api.get(f"/api/v1/databases/members/recipients/{original_id}")
-            if response.status_code not in (200, 404, 503):
-                pytest.fail(f"{response.status_code} {response.text}")
-            body = response.json() if response.status_code == 200 else None
-            return body if body is not None and check(body) else None
-
-        return eventually(attempt, timeout=30)  # type: ignore[no-any-return]
+    return get_when(worker, f"/api/v1/databases/members/recipients/{original_id}", check)  # type: ignore[no-any-return]
 
 
 def test_a_file_written_in_pieces_is_taken_only_once_complete(import_worker: Worker) -> None:

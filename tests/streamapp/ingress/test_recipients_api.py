@@ -8,24 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures import TOKENS, Worker, client, eventually
+from tests.fixtures import TOKENS, Worker, client, eventually, get_when
 
 pytestmark = pytest.mark.integration
-
-
-def get_when(worker: Worker, path: str, check: Any = lambda body: True, timeout: float = 30) -> Any:
-    """GET until 200 and `check(body)` holds: writes are applied asynchronously."""
-    with client(worker) as api:
-
-        def attempt() -> Any:
-            response = api.get(path)
-            if response.status_code not in (200, 404, 503):  # a server error fails at once, no retry
-                pytest.fail(f"GET {path}: {response.status_code} {response.text}")
-            if response.status_code == 200 and check(response.json()):
-                return response.json()
-            return None
-
-        return eventually(attempt, timeout=timeout)
 
 
 def test_upsert_then_get(worker: Worker) -> None:
