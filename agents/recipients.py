@@ -1,4 +1,4 @@
-"""Apply recipient commands (upsert, delete, history) to the tables.
+"""Apply recipient commands (upsert, delete, history, batch records) to the tables.
 
 Commands arrive in batches, one Kafka event per partition chunk, and are
 applied in order, so writes for one recipient keep the order the API or the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -18,6 +19,7 @@ import msgspec
 from streamapp import metrics
 from streamapp.models import (
     AppendHistory,
+    BatchInfo,
     Command,
     DeleteRecipient,
     SoftBounce,
@@ -39,10 +41,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def apply_command(recipients: PartitionChunk, history: PartitionChunk, command: Command, seq: int) -> None:
+@dataclass(slots=True)
+class Chunks:
+    """The tables one event writes, for its partition."""
+
+    recipients: PartitionChunk
+    history: PartitionChunk
+    batches: PartitionChunk
+
+    async def flush(self, app: Any) -> None:
+        for chunk in (self.recipients, self.history, self.batches):
+            await chunk.flush(app)
+
+
+def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
     """Stage the effect of one command (at position `seq` of the partition) on the chunk's tables."""
+    recipients, history = chunks.recipients, chunks.history
     if isinstance(command, SweepInactive):
         sweep(recipients, command, seq)
+        return
+    if isinstance(command, BatchInfo):
+        chunks.batches.set(command.batchId.encode(), encode(command))
         return
     key = recipient_key(command.database, command.originalId)
     if isinstance(command, UpsertRecipient):
@@ -76,14 +95,15 @@ def sweep(recipients: PartitionChunk, command: SweepInactive, seq: int) -> None:
 SEQ_STRIDE = 4096
 
 
-def apply_commands(recipients: PartitionChunk, history: PartitionChunk, commands: list[Command], offset: int) -> int:
+def apply_commands(chunks: Chunks, commands: list[Command], offset: int) -> int:
     """Stage every command of the event at `offset` in order; return how many failed (and were skipped)."""
-    recipients.prefetch([recipient_key(c.database, c.originalId) for c in commands if isinstance(c, UpsertRecipient)])
+    upserts = [c for c in commands if isinstance(c, UpsertRecipient)]
+    chunks.recipients.prefetch([recipient_key(c.database, c.originalId) for c in upserts])
     failed = 0
     base = (offset + 1) * SEQ_STRIDE
     for index, command in enumerate(commands):
         try:
-            apply_command(recipients, history, command, base + index)
+            apply_command(chunks, command, base + index)
         except Exception:
             log.exception("skipping command that failed to apply: %r", command)
             failed += 1
@@ -103,11 +123,13 @@ def register(sa: StreamApp) -> None:
                 metrics.COMMANDS.labels(outcome="invalid").inc()
                 continue
             partition = event.message.partition
-            recipients = PartitionChunk(sa.recipients, partition)
-            history = PartitionChunk(sa.history, partition)
-            failed = apply_commands(recipients, history, batch.commands, event.message.offset)
-            await recipients.flush(sa.faust)
-            await history.flush(sa.faust)
+            chunks = Chunks(
+                PartitionChunk(sa.recipients, partition),
+                PartitionChunk(sa.history, partition),
+                PartitionChunk(sa.batches, partition),
+            )
+            failed = apply_commands(chunks, batch.commands, event.message.offset)
+            await chunks.flush(sa.faust)
             metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - failed)
             metrics.COMMANDS.labels(outcome="failed").inc(failed)
             yield None

@@ -17,6 +17,7 @@ from streamapp import metrics, transport
 from streamapp.agents import recipients as recipient_agents
 from streamapp.publisher import CommandPublisher, faust_send
 from streamapp.settings import Settings
+from streamapp.tables.batches import batches_table
 from streamapp.tables.recipients import history_table, recipients_table
 from streamapp.topics import commands_topic
 
@@ -34,9 +35,11 @@ class StreamApp:
     recipient_commands: Any
     recipients: Any
     history: Any
+    batches: Any
     #: Sending (streamapp.sending): set when [smtp] is configured or `streamapp dev` runs its sink.
     messages: Any = None
     message_topics: Any = None
+    idempotency: Any = None
     sending: Any = None
 
     @property
@@ -129,6 +132,7 @@ def create_app(settings: Settings) -> StreamApp:
         recipient_commands=commands,
         recipients=recipients_table(app, partitions),
         history=history_table(app, partitions),
+        batches=batches_table(app, partitions),
     )
     recipient_agents.register(sa)
     if settings.smtp is not None:
@@ -142,10 +146,12 @@ def _add_sending(sa: StreamApp) -> None:
     from streamapp.models import PRIORITIES
     from streamapp.sending.engine import SendEngine
     from streamapp.sending.ids import messages_topic
+    from streamapp.tables.idempotency import idempotency_table
     from streamapp.tables.messages import messages_table
 
     partitions = sa.settings.service.partitions
     sa.message_topics = {p: source_topic(sa.faust, messages_topic(sa.settings, p), partitions) for p in PRIORITIES}
     sa.messages = messages_table(sa.faust, partitions)
+    sa.idempotency = idempotency_table(sa.faust, partitions)
     sa.sending = SendEngine(sa)
     sending_agents.register(sa, sa.sending, sa.message_topics)

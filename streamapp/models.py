@@ -12,6 +12,8 @@ from typing import Any, Literal
 import msgspec
 
 Status = Literal["active", "inactive", "unsubscribed", "bounced"]
+Priority = Literal["transactional", "batch", "campaign"]
+PRIORITIES: tuple[Priority, ...] = ("transactional", "batch", "campaign")
 #: Statuses an upsert without an explicit status never leaves.
 STICKY_STATUSES: frozenset[str] = frozenset({"unsubscribed", "bounced"})
 
@@ -67,6 +69,11 @@ class UpsertRecipient(msgspec.Struct, tag="upsert", kw_only=True, omit_defaults=
     status: Status | msgspec.UnsetType = msgspec.UNSET
     #: Replace imports: an `inactive` recipient present in the file is active again.
     reactivate: bool = False
+    #: Trigger messages: the address a recipient created by this command gets; an existing
+    #: recipient keeps its own (the message itself goes to this address).
+    emailIfNew: str | None = None
+    #: Trigger messages without saveProps: create an unknown recipient, change nothing else.
+    createOnly: bool = False
 
 
 class SweepInactive(msgspec.Struct, tag="sweep", kw_only=True):
@@ -107,8 +114,41 @@ class SoftBounce(msgspec.Struct, tag="softbounce", kw_only=True):
     action: Literal["inc", "reset"]
 
 
+class RowError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A row of a batch that was not sent: where it is (line of NDJSON/CSV, item of a JSON array) and why."""
+
+    reason: str
+    line: int | None = None
+    item: int | None = None
+
+
+class BatchInfo(msgspec.Struct, tag="batch", kw_only=True, omit_defaults=True):
+    """What a batch send (trigger batch, campaign) accepted; stored in the `batches` table.
+
+    Published once every row's messages are acknowledged, to the partition its id names
+    (streamapp.sending.ids), and stored there by the recipient-commands agent. Its messages'
+    outcomes are counted from the ledger (their ids start with the batch id).
+    """
+
+    batchId: str
+    database: str
+    kind: Literal["trigger", "campaign"]
+    name: str
+    priority: Priority
+    source: str  # "api" or the file name
+    total: int  # messages accepted
+    rejected: int = 0
+    errors: list[RowError] = msgspec.field(default_factory=list)
+    errorsNotListed: int = 0
+    sendTime: str | None = None
+    createdAt: str
+
+    def public(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+
 RecipientCommand = UpsertRecipient | DeleteRecipient | AppendHistory | SoftBounce
-Command = RecipientCommand | SweepInactive
+Command = RecipientCommand | SweepInactive | BatchInfo
 
 
 class CommandBatch(msgspec.Struct):
@@ -145,8 +185,6 @@ def decode_history(data: bytes) -> list[HistoryRecord]:
 
 # -- sending (streamapp.sending) ------------------------------------------------
 
-Priority = Literal["transactional", "batch", "campaign"]
-PRIORITIES: tuple[Priority, ...] = ("transactional", "batch", "campaign")
 MessageStatus = Literal["scheduled", "queued", "sent", "deferred", "failed", "suppressed"]
 #: A message in one of these states is never sent again.
 FINAL_STATUSES: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
@@ -168,6 +206,9 @@ class SendMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     transactional: bool = False
     properties: dict[str, Any] = msgspec.field(default_factory=dict)
     email: str | None = None  # overrides the recipient's address
+    #: Values the same request wrote to the recipient (batch rows, saveProps): rendered even if
+    #: the recipient's upsert, on another topic, is applied after this message is read.
+    attributes: dict[str, Any] | None = None
     batchId: str | None = None
     notBefore: str | None = None  # UTC ISO 8601: not sent earlier
     enqueuedAt: str
@@ -206,7 +247,25 @@ class MessageState(msgspec.Struct, kw_only=True, omit_defaults=True):
         return view  # type: ignore[no-any-return]
 
 
+class IdempotencyRecord(msgspec.Struct, kw_only=True):
+    """A single trigger message sent with an idempotency key (table `idempotency`).
+
+    Written before the message is published and marked `published` after Kafka acknowledged
+    it: a retry after a crash in between publishes the same message (same id) again, which the
+    ledger makes harmless, instead of losing it or sending a second one.
+    """
+
+    bodyHash: str
+    messageId: str
+    createdAt: str
+    published: bool = False
+    upsert: UpsertRecipient
+    message: SendMessage
+
+
 _send_decoder = msgspec.msgpack.Decoder(SendMessage)
+_idempotency_decoder = msgspec.msgpack.Decoder(IdempotencyRecord)
+_batch_info_decoder = msgspec.msgpack.Decoder(BatchInfo)
 _state_decoder = msgspec.msgpack.Decoder(MessageState)
 
 
@@ -216,3 +275,11 @@ def decode_send(data: bytes) -> SendMessage:
 
 def decode_state(data: bytes) -> MessageState:
     return _state_decoder.decode(data)
+
+
+def decode_idempotency(data: bytes) -> IdempotencyRecord:
+    return _idempotency_decoder.decode(data)
+
+
+def decode_batch_info(data: bytes) -> BatchInfo:
+    return _batch_info_decoder.decode(data)

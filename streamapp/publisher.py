@@ -72,6 +72,10 @@ class CommandPublisher:
         pending = [await self.send(self.topic, data, p) for p in range(self.partitions)]
         await asyncio.gather(*pending)
 
+    async def publish_to(self, command: Command, partition: int) -> None:
+        """Send one command to one partition; return once Kafka acknowledged it."""
+        await (await self.send(self.topic, encode(CommandBatch([command])), partition))
+
     async def publish(self, commands: Sequence[RecipientCommand]) -> None:
         """Return once Kafka acknowledged every command; raise if any send failed."""
         await asyncio.gather(*await self.enqueue(commands))

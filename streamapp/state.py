@@ -19,8 +19,8 @@ def apply_upsert(current: Recipient | None, command: UpsertRecipient, seq: int =
     """Touch only the fields the command carries; a command older than the state is skipped."""
     if current is None:
         return _new_recipient(command, seq)
-    if seq and current.seq >= seq:
-        return current  # replayed after a crash: its effect (and newer ones) are already there
+    if (seq and current.seq >= seq) or command.createOnly:
+        return current  # replayed after a crash (its effect is there), or only meant to create
     changes: dict[str, object] = {"updatedAt": max(current.updatedAt, command.at), "seq": max(current.seq, seq)}
     if command.email is not msgspec.UNSET:
         changes["email"] = command.email
@@ -46,7 +46,7 @@ def _new_recipient(command: UpsertRecipient, seq: int) -> Recipient:
     attributes = command.attributes
     return Recipient(
         originalId=command.originalId,
-        email=None if command.email is msgspec.UNSET else command.email,
+        email=command.emailIfNew if command.email is msgspec.UNSET else command.email,
         attributes={} if attributes is msgspec.UNSET else {k: v for k, v in attributes.items() if v is not None},
         status="active" if command.status is msgspec.UNSET else command.status,
         createdAt=command.at,

@@ -124,6 +124,16 @@ class PartitionChunk:
         return done
 
 
+async def put_durably(app: Any, table: Any, partition: int, key: bytes, value: bytes) -> None:
+    """Write one row of a partition this worker owns; return once the changelog acknowledged it."""
+    table.data._db_for_partition(partition)[key] = value
+    producer = app.producer._ensure_producer()
+    changelog = table.changelog_topic.get_topic_name()
+    pending = await producer.send(changelog, value=value, key=key, partition=partition)
+    metadata = await pending
+    record_persisted(table, partition, metadata.offset)
+
+
 def record_persisted(table: Any, partition: int, offset: int) -> None:
     """Advance the store's persisted changelog offset (where recovery resumes) after an ack."""
     changelog = table.changelog_topic.get_topic_name()

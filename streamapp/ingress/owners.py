@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 FORWARDED = "X-Streamapp-Forwarded"
 #: Names the worker that read the table: for operators, and to test forwarding.
 SERVED_BY = "X-Streamapp-Served-By"
-_PASSED_HEADERS = ("Authorization", "Accept")
+_PASSED_HEADERS = ("Authorization", "Accept", "Content-Type", "Idempotency-Key")
 
 
 class OwnerRouter:
@@ -49,17 +49,19 @@ class OwnerRouter:
                 return None if (owner.host, owner.port) == (self.self_url.host, self.self_url.port) else owner
         raise unavailable("partition assignment not known yet")
 
-    async def forward(self, request: web.Request, owner: URL) -> web.Response:
-        """Replay the GET on the owner; a forwarded request is never forwarded again."""
+    async def forward(self, request: web.Request, owner: URL, body: bytes | None = None) -> web.Response:
+        """Replay the request (with `body`, already read) on the owner; a forwarded request is never forwarded again."""
         if request.headers.get(FORWARDED):
             raise unavailable("ownership is moving between workers")
         headers = {h: request.headers[h] for h in _PASSED_HEADERS if h in request.headers}
         headers[FORWARDED] = "1"
         target = owner.with_path(request.rel_url.raw_path, encoded=True).with_query(request.rel_url.query)
         try:
-            async with self.session.get(target, headers=headers) as reply:
+            async with self.session.request(request.method, target, headers=headers, data=body) as reply:
                 body = await reply.read()
                 headers = {SERVED_BY: reply.headers.get(SERVED_BY, str(owner))}
+                if "Idempotent-Replayed" in reply.headers:
+                    headers["Idempotent-Replayed"] = reply.headers["Idempotent-Replayed"]
                 return web.Response(body=body, status=reply.status, content_type=reply.content_type, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("forwarding to %s failed: %s", owner, exc)

@@ -81,11 +81,15 @@ def build_web_app(sa: StreamApp, owners: OwnerRouter) -> web.Application:
 
 
 def _add_sending_routes(app: web.Application, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
-    """Message status and the unsubscribe page, when the worker sends (docs/sending.md)."""
+    """Triggers, campaigns, message and batch status, the unsubscribe page (docs/sending.md)."""
+    from streamapp.sending.batch_routes import BatchRoutes
     from streamapp.sending.engine import unsubscribe_secret
     from streamapp.sending.routes import MessageRoutes
+    from streamapp.sending.trigger_routes import TriggerRoutes
     from streamapp.sending.unsubscribe_routes import UnsubscribeRoutes
 
+    TriggerRoutes(sa, auth, owners).add_to(app)
+    BatchRoutes(sa, auth, owners).add_to(app)
     MessageRoutes(sa, auth, owners).add_to(app)
     UnsubscribeRoutes(lambda commands: sa.publisher.publish(commands), unsubscribe_secret(sa.settings)).add_to(app)
 

@@ -1,4 +1,4 @@
-"""Publish SendMessage commands to the priority topics (tests and benchmarks; the HTTP API comes next).
+"""Publish SendMessage commands to the priority topics (the trigger API, tests and benchmarks).
 
 Each message goes to its recipient's partition, which is also the partition its id names, so
 the send agent for that partition reads the recipient and writes the ledger locally.
@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from streamapp.models import SendMessage, encode
 from streamapp.partitioning import partition_for, recipient_key
+from streamapp.publisher import Send, aiokafka_send
 from streamapp.sending.ids import messages_topic, partition_of
 from streamapp.settings import Settings
 from streamapp.topics import bootstrap_servers
@@ -26,16 +27,19 @@ def partition_of_message(message: SendMessage, partitions: int) -> int:
     return partition
 
 
-async def enqueue_with(producer: AIOKafkaProducer, settings: Settings, messages: Sequence[SendMessage]) -> None:
-    """Send through a started producer; return once Kafka acknowledged every message."""
+async def publish_messages(send: Send, settings: Settings, messages: Sequence[SendMessage]) -> None:
+    """Send through a started producer (publisher.Send); return once Kafka acknowledged every message."""
     partitions = settings.service.partitions
     pending = [
-        await producer.send(
-            messages_topic(settings, m.priority), value=encode(m), partition=partition_of_message(m, partitions)
-        )
+        await send(messages_topic(settings, m.priority), encode(m), partition_of_message(m, partitions))
         for m in messages
     ]
     await asyncio.gather(*pending)
+
+
+async def enqueue_with(producer: AIOKafkaProducer, settings: Settings, messages: Sequence[SendMessage]) -> None:
+    """Send through a started aiokafka producer; return once Kafka acknowledged every message."""
+    await publish_messages(aiokafka_send(producer), settings, messages)
 
 
 async def enqueue(settings: Settings, messages: Sequence[SendMessage]) -> None:

@@ -13,13 +13,15 @@ per-key path, and the store's persisted changelog offset advances on each ack.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 
 from streamapp.models import MessageState, decode_state, encode
-from streamapp.tables.bulk import record_persisted
+from streamapp.sending.ids import batch_prefix
+from streamapp.tables.bulk import put_durably
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,17 @@ class Ledger:
 
     async def put(self, partition: int, state: MessageState) -> None:
         """Write the row locally, then wait for the changelog's acknowledgement."""
-        key, value = state.messageId.encode(), encode(state)
-        self._db(partition)[key] = value
-        producer = self.app.producer._ensure_producer()
-        changelog = self.table.changelog_topic.get_topic_name()
-        pending = await producer.send(changelog, value=value, key=key, partition=partition)
-        metadata = await pending
-        record_persisted(self.table, partition, metadata.offset)
+        await put_durably(self.app, self.table, partition, state.messageId.encode(), encode(state))
+
+    def count_batch(self, partition: int, batch_id: str) -> Counter[str]:
+        """Statuses of a batch's messages in this partition: one range of keys (streamapp.sending.ids)."""
+        prefix = batch_prefix(partition, batch_id)
+        counts: Counter[str] = Counter()
+        for key, raw in self._db(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            counts[decode_state(raw).status] += 1
+        return counts
 
     def pending(self, partition: int) -> Iterator[MessageState]:
         """Every row of the partition that may still be sent (scheduled or deferred)."""

@@ -141,7 +141,10 @@ class Pipeline:
     def _build(self, command: SendMessage, recipient: Recipient, address: str, partition: int, key: bytes) -> bytes:
         history_raw = self._db(self.history, partition).get(key)
         history = msgspec.to_builtins(decode_history(history_raw)) if history_raw is not None else []
-        view = {"originalId": recipient.originalId, "email": address, "attributes": recipient.attributes}
+        attributes = recipient.attributes
+        if command.attributes:  # null clears, as in the upsert
+            attributes = {k: v for k, v in {**attributes, **command.attributes}.items() if v is not None}
+        view = {"originalId": recipient.originalId, "email": address, "attributes": attributes}
         rendered = self.templates.render(command.template, view, command.properties, history)
         token = make_token(self.secret, command.database, command.originalId, command.messageId)
         return self.builder.build(

@@ -91,3 +91,15 @@ def test_creating_equals_updating_an_empty_recipient() -> None:
     ):
         empty = Recipient(originalId="C1", createdAt=command.at, updatedAt=command.at)
         assert apply_upsert(None, command, seq=7) == apply_upsert(empty, command, seq=7)
+
+
+def test_trigger_upsert_creates_with_its_address_but_keeps_an_existing_one() -> None:
+    created = apply_upsert(None, upsert(emailIfNew="new@example.com", createOnly=True))
+    assert (created.email, created.status) == ("new@example.com", "active")
+    existing = apply_upsert(None, upsert(email="old@example.com", attributes={"firstname": "Ann"}))
+    again = apply_upsert(
+        existing, upsert(at="2026-02-01T00:00:00+00:00", emailIfNew="new@example.com", createOnly=True)
+    )
+    assert again is existing
+    saved = apply_upsert(existing, upsert(emailIfNew="new@example.com", attributes={"zipcode": "123"}))
+    assert saved.email == "old@example.com" and saved.attributes == {"firstname": "Ann", "zipcode": "123"}

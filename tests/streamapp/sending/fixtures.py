@@ -27,6 +27,11 @@ TEMPLATES = {
     "news": ("News for {{ recipient.originalId }}", "<p>Hello {{ recipient.email }}</p>\n"),
     "receipt": ("Receipt {{ properties.order }}", "<p>Order {{ properties.order }}</p>\n"),
     "broken": ("Oops", "<p>{{ properties.missing_variable }}</p>\n"),
+    "welcome": (
+        "Welcome {{ recipient.attributes.firstname }}",
+        "<p>Hi {{ recipient.attributes.firstname }} ({{ recipient.email }}), code {{ properties.code }}</p>\n",
+    ),
+    "hello": ("Hello {{ recipient.attributes.firstname }}", "<p>{{ recipient.originalId }} in {{ recipient.attributes.zipcode }}</p>\n"),
 }
 
 
@@ -55,7 +60,24 @@ expiry_seconds = {expiry}
 name = "newsletter"
 database = "members"
 template = "news"
+
+[[campaigns]]
+name = "promo"
+database = "members"
+template = "hello"
 """
+
+
+def mail_by_recipient(maildir: Path) -> dict[str, email.message.Message]:
+    """Received mail by To address (the last one wins)."""
+    return {str(m["To"]): m for m in maildir_messages(maildir)}
+
+
+def html_of(message: email.message.Message) -> str:
+    for part in message.walk():
+        if part.get_content_type() == "text/html":
+            return str(part.get_payload(decode=True).decode())  # type: ignore[union-attr]
+    raise AssertionError("no text/html part")
 
 
 def settings_of(worker: Worker) -> Settings:

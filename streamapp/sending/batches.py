@@ -1,0 +1,143 @@
+"""Batch sends: rows that update their recipients, then each get one message.
+
+Used by the batch routes (trigger batches at `batch` priority, campaign sends at `campaign`
+priority) and by the `triggers/` and `campaigns/` drop folders. For each chunk of rows the
+upserts go to the recipient-commands topic and the messages to the priority topic, each to the
+recipient's partition; the message carries the row's values (`SendMessage.attributes`) so it
+renders them even if it is read before its upsert is applied. Once every message is
+acknowledged, the batch's BatchInfo is published: from then on `GET /api/v1/batches/{id}`
+knows the total and counts the outcomes from the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from streamapp.imports.csvreader import FileRejected
+from streamapp.models import BatchInfo, Priority, RowError, SendMessage, UpsertRecipient, encode
+from streamapp.partitioning import partitions_for, recipient_key
+from streamapp.publisher import CommandPublisher, Send
+from streamapp.sending.batch_rows import RowChunk
+from streamapp.sending.ids import batch_message_id, batch_partition, messages_topic, new_batch_id
+from streamapp.settings import CampaignSettings, Settings, TriggerSettings
+from streamapp.topics import commands_topic
+from streamapp.validation import now_iso
+
+#: Row errors listed in a batch's status; the count is always complete.
+MAX_ERRORS = 1000
+#: Chunks whose acknowledgements may be outstanding (bounds memory).
+MAX_CHUNKS_IN_FLIGHT = 3
+
+
+@dataclass(frozen=True)
+class SendTarget:
+    """What each row of a batch gets: a trigger's or a campaign's template, at a priority."""
+
+    kind: Literal["trigger", "campaign"]
+    name: str
+    database: str
+    template: str
+    transactional: bool
+    priority: Priority
+
+    @classmethod
+    def trigger(cls, trigger: TriggerSettings, priority: Priority = "batch") -> SendTarget:
+        return cls("trigger", trigger.name, trigger.database, trigger.template, trigger.transactional, priority)
+
+    @classmethod
+    def campaign(cls, campaign: CampaignSettings) -> SendTarget:
+        return cls("campaign", campaign.name, campaign.database, campaign.template, False, "campaign")
+
+
+class BatchSender:
+    """Publishes one batch: rows in, one message per good row, then the BatchInfo."""
+
+    def __init__(
+        self, settings: Settings, target: SendTarget, send: Send, *, source: str, send_time: str | None = None
+    ) -> None:
+        self.target = target
+        self.send = send
+        self.partitions = settings.service.partitions
+        self.publisher = CommandPublisher(send, commands_topic(settings), self.partitions)
+        self.topic = messages_topic(settings, target.priority)
+        self.batch_id = new_batch_id(random.randrange(self.partitions))
+        self.info = BatchInfo(
+            batchId=self.batch_id, database=target.database, kind=target.kind, name=target.name,
+            priority=target.priority, source=source, total=0, sendTime=send_time, createdAt=now_iso(),
+        )  # fmt: skip
+
+    def reject(self, errors: list[RowError]) -> None:
+        info = self.info
+        info.rejected += len(errors)
+        room = max(0, MAX_ERRORS - len(info.errors))
+        info.errors.extend(errors[:room])
+        info.errorsNotListed += max(0, len(errors) - room)
+
+    async def add(self, chunk: RowChunk) -> list[Awaitable[Any]]:
+        """Queue the chunk's upserts, then its messages; the awaitables resolve on Kafka's acks."""
+        self.reject(chunk.rejected)
+        pending = await self.publisher.enqueue(chunk.upserts)
+        keys = [recipient_key(u.database, u.originalId) for u in chunk.upserts]
+        for upsert, properties, partition in zip(
+            chunk.upserts, chunk.properties, partitions_for(keys, self.partitions), strict=True
+        ):
+            message = self._message(upsert, properties, int(partition))
+            pending.append(await self.send(self.topic, encode(message), int(partition)))
+        return pending
+
+    def _message(self, upsert: UpsertRecipient, properties: dict[str, Any], partition: int) -> SendMessage:
+        target, info = self.target, self.info
+        row = info.total
+        info.total += 1
+        email = upsert.email if isinstance(upsert.email, str) else None
+        attributes = upsert.attributes if upsert.attributes is not msgspec.UNSET else None
+        return SendMessage(
+            messageId=batch_message_id(partition, self.batch_id, row), database=target.database,
+            originalId=upsert.originalId, priority=target.priority, template=target.template,
+            transactional=target.transactional, properties=properties, email=email, attributes=attributes,
+            batchId=self.batch_id, notBefore=info.sendTime, enqueuedAt=info.createdAt,
+        )  # fmt: skip
+
+    async def finish(self) -> BatchInfo:
+        """Publish the BatchInfo (after every message was acknowledged) and return it."""
+        partition = batch_partition(self.batch_id)
+        assert partition is not None
+        await self.publisher.publish_to(self.info, partition)
+        return self.info
+
+
+class NothingAccepted(Exception):
+    """The body could not be read before its first row: nothing was sent, no batch exists."""
+
+
+async def send_rows(sender: BatchSender, chunks: Iterator[RowChunk]) -> BatchInfo:
+    """Read chunks (in a thread: parsing is CPU work) and publish them; then finish the batch.
+
+    A body that turns unreadable after some rows were sent (a JSON syntax error halfway) keeps
+    those rows: the batch is finished with the reason as its last error. Before any row was
+    read, NothingAccepted is raised instead.
+    """
+    in_flight: deque[list[Awaitable[Any]]] = deque()
+    read = 0
+    try:
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            read += len(chunk)
+            in_flight.append(await sender.add(chunk))
+            while len(in_flight) > MAX_CHUNKS_IN_FLIGHT:
+                await asyncio.gather(*in_flight.popleft())
+    except FileRejected as exc:
+        if read == 0:
+            raise NothingAccepted(str(exc)) from None
+        sender.reject([RowError(reason=f"{exc}; the rest of the body was not read")])
+    for acks in in_flight:
+        await asyncio.gather(*acks)
+    if read == 0:
+        raise NothingAccepted("no rows")
+    return await sender.finish()

@@ -1,0 +1,64 @@
+"""Idempotency keys of single trigger messages: one message per key for 24 hours.
+
+A key is scoped to its token and trigger and lives in one partition of the `idempotency` table
+(murmur2 of the scoped key). The API forwards a keyed request to the worker owning that
+partition, which checks and records the key under a lock of its own: two concurrent requests
+with one key give one message. The record is written durably *before* the message is published
+and marked published after: a retry after a crash in between publishes the same message id
+again (the ledger makes that harmless), so nothing accepted is lost and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from streamapp.models import IdempotencyRecord, decode_idempotency, encode
+from streamapp.partitioning import partition_for
+from streamapp.sending import retry
+from streamapp.tables.bulk import put_durably
+
+#: How long a key gives back its first message (SPEC §4).
+KEY_LIFETIME = timedelta(hours=24)
+
+
+def scoped_key(token: str, trigger: str, key: str) -> bytes:
+    return f"{token}\x1f{trigger}\x1f{key}".encode()
+
+
+class IdempotencyKeys:
+    def __init__(self, app: Any, table: Any, partitions: int) -> None:
+        self.app = app
+        self.table = table
+        self.partitions = partitions
+        self._locks: dict[bytes, asyncio.Lock] = {}
+
+    def partition(self, key: bytes) -> int:
+        return partition_for(key, self.partitions)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, key: bytes) -> AsyncIterator[None]:
+        """Serialize requests with one key on this worker (the only one serving its partition)."""
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._locks.pop(key, None)
+
+    def get(self, key: bytes, now: datetime | None = None) -> IdempotencyRecord | None:
+        """The live record of `key`; one older than KEY_LIFETIME counts as absent."""
+        raw = self.table.data._db_for_partition(self.partition(key)).get(key)
+        if raw is None:
+            return None
+        record = decode_idempotency(raw)
+        if retry.parse_time(record.createdAt) + KEY_LIFETIME < (now or datetime.now(UTC)):
+            return None
+        return record
+
+    async def put(self, key: bytes, record: IdempotencyRecord) -> None:
+        await put_durably(self.app, self.table, self.partition(key), key, encode(record))
