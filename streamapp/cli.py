@@ -54,7 +54,7 @@ def run_worker(settings: Settings, loglevel: str = "info", dev_sink: bool = Fals
         return 2
     sa = create_app(settings)
     services: list[object] = [ApiServer(sa)]
-    if settings.imports:
+    if settings.imports or settings.triggers or settings.campaigns:
         from streamapp.imports.watcher import DropWatcher
 
         services.append(DropWatcher(settings))

@@ -124,7 +124,8 @@ class DatabaseSettings:
 class ImportSettings:
     name: str
     database: str
-    kind: Literal["recipients", "history"]
+    #: "trigger" and "campaign" are the send folders (streamapp.imports.send_files), not configured.
+    kind: Literal["recipients", "history", "trigger", "campaign"]
     watch: str
     settle_seconds: float
     pattern: str

@@ -40,6 +40,7 @@ from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
 from streamapp.imports.files import Claim, DropLayout
 from streamapp.imports.report import ImportReport, encode_report
 from streamapp.imports.rows import convert_history, convert_recipients, plan_columns
+from streamapp.imports.send_files import seen_key, send_drops, send_file, target_of
 from streamapp.models import RecipientCommand, SweepInactive
 from streamapp.publisher import CommandPublisher, aiokafka_send
 from streamapp.settings import ImportSettings, Settings, load_settings
@@ -53,7 +54,12 @@ LOCKED = 3  # exit code: another process holds the claim
 #: Converted batches whose acknowledgements may be outstanding (bounds memory).
 MAX_BATCHES_IN_FLIGHT = 3
 
-Progress = Callable[[int, int], None]  # (rows read so far, file size in bytes read so far)
+Progress = Callable[[int, int], None]
+
+
+def watched(settings: Settings) -> list[ImportSettings]:
+    """Every watched folder: the configured imports and the send folders."""
+    return [*settings.imports, *send_drops(settings)]  # (rows read so far, file size in bytes read so far)
 
 
 class ParentGone(Exception):
@@ -61,7 +67,7 @@ class ParentGone(Exception):
 
 
 def import_settings(settings: Settings, name: str) -> ImportSettings:
-    for imp in settings.imports:
+    for imp in watched(settings):
         if imp.name == name:
             return imp
     known = ", ".join(i.name for i in settings.imports) or "none"
@@ -99,21 +105,45 @@ async def run_import(
     started = time.monotonic()
     report.startedAt = datetime.now(UTC).isoformat(timespec="milliseconds")
     folder = layout.processed
+    sends = imp.kind in ("trigger", "campaign")
+    seen = ""
     try:
+        if sends:
+            target_of(settings, imp, claim)  # a bad campaign file name rejects the file first
         report.sha256 = precheck(Path(claim.path), imp.encoding)
-        report.duplicateOf = layout.mark_seen(report.sha256, claim)
+        seen = seen_key(report.sha256, claim) if sends else report.sha256
+        report.duplicateOf = layout.mark_seen(seen, claim)
         if report.duplicateOf is not None:
             report.outcome = "duplicate"
+        elif sends:
+            await _send_file(settings, imp, claim, report)
         else:
             await _import_rows(settings, imp, claim, report, progress, parent_pid)
     except FileRejected as exc:
         report.outcome, report.reason, folder = "rejected", str(exc), layout.rejected
-        if report.sha256 and report.duplicateOf is None:
-            layout.unmark_seen(report.sha256)
+        if seen and report.duplicateOf is None:
+            layout.unmark_seen(seen)
     report.finishedAt = datetime.now(UTC).isoformat(timespec="milliseconds")
     report.seconds = round(time.monotonic() - started, 3)
     report.rowsPerSecond = round(report.rowsRead / report.seconds) if report.seconds else 0
     return report, layout.finish(claim, folder, encode_report(report))
+
+
+async def _send_file(settings: Settings, imp: ImportSettings, claim: Claim, report: ImportReport) -> None:
+    producer = _producer(settings)
+    await producer.start()
+    try:
+        await send_file(settings, imp, claim, report, aiokafka_send(producer))
+    finally:
+        await producer.stop()
+
+
+def _producer(settings: Settings) -> Any:
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings), acks="all", max_batch_size=512 * 1024, linger_ms=5
+    )
 
 
 async def _import_rows(
@@ -124,14 +154,10 @@ async def _import_rows(
     progress: Progress | None,
     parent_pid: int | None,
 ) -> None:
-    from aiokafka import AIOKafkaProducer
-
     db = settings.databases[imp.database]
     zone = settings.service.zone
     source = DelimitedFile(Path(claim.path), imp.encoding, imp.delimiter, imp.header, ragged_ok=imp.kind == "history")
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings), acks="all", max_batch_size=512 * 1024, linger_ms=5
-    )
+    producer = _producer(settings)
     await producer.start()
     try:
         publisher = CommandPublisher(aiokafka_send(producer), commands_topic(settings), settings.service.partitions)

@@ -33,6 +33,9 @@ class ImportReport(msgspec.Struct, kw_only=True):
     rejections: list[RowRejection] = msgspec.field(default_factory=list)
     rejectionsNotListed: int = 0
     ignoredColumns: list[str] = msgspec.field(default_factory=list)
+    #: Send folders (triggers/, campaigns/): the batch the rows were sent as, and when.
+    batchId: str | None = None
+    sendTime: str | None = None
     startedAt: str = ""
     finishedAt: str = ""
     seconds: float = 0.0

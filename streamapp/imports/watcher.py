@@ -24,7 +24,7 @@ from watchdog.observers import Observer
 
 from streamapp import metrics
 from streamapp.imports.files import Claim, DropLayout, SettleTracker, scan, worker_tag
-from streamapp.imports.job import LOCKED, RESULT_PREFIX
+from streamapp.imports.job import LOCKED, RESULT_PREFIX, watched
 from streamapp.imports.report import ImportReport, decode_report
 from streamapp.settings import ImportSettings, Settings
 from streamapp.validation import now_iso
@@ -60,7 +60,7 @@ class DropWatcher(Service):  # type: ignore[misc]
         self.observer: Any = None
 
     async def on_start(self) -> None:
-        imports = self.settings.imports
+        imports = watched(self.settings)
         self.layout.create([imp.watch for imp in imports])
         for claim in self.layout.unfinished_claims():
             log.info("redoing %s, claimed before a restart", claim.original_name)
@@ -80,7 +80,7 @@ class DropWatcher(Service):  # type: ignore[misc]
 
     async def _scan_loop(self) -> None:
         while not self.should_stop:
-            for imp in self.settings.imports:
+            for imp in watched(self.settings):
                 self._scan(imp)
             metrics.FILES_WAITING.set(self.settle.waiting() + self.queue.qsize())
             with contextlib.suppress(TimeoutError):

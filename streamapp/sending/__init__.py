@@ -7,7 +7,10 @@
 - `dispatcher`: priority queues in front of the SMTP senders, flow control by pausing partitions.
 - `schedule`: scheduled and deferred messages, released by a timer when due.
 - `engine`: the mode.Service that ties them together in a worker.
-- `enqueue`: publish SendMessage commands (tests, benchmarks; the HTTP API comes next).
+- `enqueue`: publish SendMessage commands to the priority topics.
+- `single`, `idempotency`: one trigger message and its idempotency key.
+- `batch_rows`, `batches`: rows of a batch send (CSV, NDJSON, JSON array) and publishing them.
+- `trigger_routes`, `batch_routes`: the trigger, campaign and batch status routes.
 - `bounces`: the soft-bounce rule applied by the recipient-commands agent.
 - `routes`, `unsubscribe_routes`: GET /api/v1/messages/{id}, GET/POST /u/{token}.
 - `devsink`: the Maildir SMTP sink `streamapp dev` runs when `[smtp]` is absent.

@@ -60,17 +60,25 @@ class BatchSender:
     """Publishes one batch: rows in, one message per good row, then the BatchInfo."""
 
     def __init__(
-        self, settings: Settings, target: SendTarget, send: Send, *, source: str, send_time: str | None = None
+        self,
+        settings: Settings,
+        target: SendTarget,
+        send: Send,
+        *,
+        source: str,
+        send_time: str | None = None,
+        batch_id: str | None = None,
+        created_at: str | None = None,
     ) -> None:
         self.target = target
         self.send = send
         self.partitions = settings.service.partitions
         self.publisher = CommandPublisher(send, commands_topic(settings), self.partitions)
         self.topic = messages_topic(settings, target.priority)
-        self.batch_id = new_batch_id(random.randrange(self.partitions))
+        self.batch_id = batch_id or new_batch_id(random.randrange(self.partitions))
         self.info = BatchInfo(
             batchId=self.batch_id, database=target.database, kind=target.kind, name=target.name,
-            priority=target.priority, source=source, total=0, sendTime=send_time, createdAt=now_iso(),
+            priority=target.priority, source=source, total=0, sendTime=send_time, createdAt=created_at or now_iso(),
         )  # fmt: skip
 
     def reject(self, errors: list[RowError]) -> None:

@@ -41,9 +41,11 @@ def partition_of(message_id: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def new_batch_id(partition: int, now: float | None = None) -> str:
+def new_batch_id(partition: int, now: float | None = None, tag: int | None = None) -> str:
+    """A batch id naming `partition`; `tag` (32 bits) replaces the random part for ids made again."""
     millis = int((time.time() if now is None else now) * 1000)
-    return f"{partition:04d}{millis:012x}{secrets.token_hex(4)}"
+    suffix = secrets.token_hex(4) if tag is None else f"{tag & 0xFFFFFFFF:08x}"
+    return f"{partition:04d}{millis:012x}{suffix}"
 
 
 def batch_partition(batch_id: str) -> int | None:

@@ -94,3 +94,11 @@ def peers(tmp_path: Path) -> Iterator[Peers]:
     registry = Peers(tmp_path)
     yield registry
     registry.stop_all()
+
+
+@pytest.fixture(scope="module")
+def peers_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
+    """Peers shared by a test module (one sink for several tests)."""
+    registry = Peers(tmp_path_factory.mktemp("peers"))
+    yield registry
+    registry.stop_all()

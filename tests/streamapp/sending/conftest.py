@@ -1,3 +1,3 @@
 """Fixtures of the sending tests (pytest_plugins is only allowed in the root conftest)."""
 
-from tests.streamapp.mail.fixtures import peers  # noqa: F401
+from tests.streamapp.mail.fixtures import peers, peers_module  # noqa: F401

@@ -31,7 +31,10 @@ TEMPLATES = {
         "Welcome {{ recipient.attributes.firstname }}",
         "<p>Hi {{ recipient.attributes.firstname }} ({{ recipient.email }}), code {{ properties.code }}</p>\n",
     ),
-    "hello": ("Hello {{ recipient.attributes.firstname }}", "<p>{{ recipient.originalId }} in {{ recipient.attributes.zipcode }}</p>\n"),
+    "hello": (
+        "Hello {{ recipient.attributes.firstname }}",
+        "<p>{{ recipient.originalId }} in {{ recipient.attributes.zipcode }}</p>\n",
+    ),
 }
 
 

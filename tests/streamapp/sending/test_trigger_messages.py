@@ -106,7 +106,9 @@ def test_idempotency_key_gives_one_message_and_409_for_another_body(
         assert code == 202, answer
         ids.add(answer["messageId"])
     assert len(ids) == 1
-    code, answer = post_message(second, "receipt", {**body, "properties": {"order": "O-2"}}, **{"Idempotency-Key": "k-1"})
+    code, answer = post_message(
+        second, "receipt", {**body, "properties": {"order": "O-2"}}, **{"Idempotency-Key": "k-1"}
+    )
     assert code == 409, answer
     code, other = post_message(worker, "receipt", body, **{"Idempotency-Key": "k-2"})
     assert code == 202 and other["messageId"] not in ids

@@ -1,0 +1,94 @@
+"""Send folders: `drop/triggers/<trigger>/` (batch transactional) and `drop/campaigns/` (SPEC §5).
+
+They are watched, claimed and reported like import folders (the same watcher, job process and
+report), with a built-in schema: UTF-8 CSV with a header row (`originalId`, `email`, attribute
+names), delimiter sniffed. Each file is one batch (streamapp.sending.batches) whose id is
+derived from the claim, so a file redone after a crash publishes the same message ids and the
+ledger sends each once. A campaign file's name says database, campaign and time
+(streamapp.imports.campaign_names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from streamapp.imports.campaign_names import parse_campaign_name
+from streamapp.imports.csvreader import FileRejected
+from streamapp.imports.files import Claim
+from streamapp.imports.report import ImportReport
+from streamapp.models import BatchInfo
+from streamapp.publisher import Send
+from streamapp.sending import retry
+from streamapp.sending.batch_rows import IDENTITY, read_rows
+from streamapp.sending.batches import BatchSender, NothingAccepted, SendTarget, send_rows
+from streamapp.sending.ids import new_batch_id
+from streamapp.settings import ImportSettings, Settings
+
+#: A send file is taken once its size has not changed this long.
+SETTLE_SECONDS = 2.0
+
+
+def send_drops(settings: Settings) -> list[ImportSettings]:
+    """One watched folder per trigger, and one for campaigns."""
+    drops = [
+        _drop(f"triggers/{name}", trigger.database, "trigger") for name, trigger in sorted(settings.triggers.items())
+    ]
+    if settings.campaigns:
+        drops.append(_drop("campaigns", "", "campaign"))
+    return drops
+
+
+def _drop(folder: str, database: str, kind: Literal["trigger", "campaign"]) -> ImportSettings:
+    """How the watcher sees a send folder (the rows' schema is batch_rows.csv_schema)."""
+    return ImportSettings(
+        name=folder, database=database, kind=kind, watch=folder, settle_seconds=SETTLE_SECONDS, pattern="*",
+        encoding="utf-8", delimiter="", header=True, mode="upsert", identity=IDENTITY, columns={},
+    )  # fmt: skip
+
+
+def target_of(settings: Settings, imp: ImportSettings, claim: Claim) -> tuple[SendTarget, str | None]:
+    """What the file's rows get, and when (UTC ISO, None for now); FileRejected for a bad name."""
+    if imp.kind == "trigger":
+        return SendTarget.trigger(settings.triggers[imp.name.removeprefix("triggers/")]), None
+    drop = parse_campaign_name(claim.original_name, settings, retry.parse_time(claim.claimed_at))
+    later = drop.send_at > retry.parse_time(claim.claimed_at)
+    return SendTarget.campaign(settings.campaigns[drop.campaign]), retry.iso(drop.send_at) if later else None
+
+
+def seen_key(content_digest: str, claim: Claim) -> str:
+    """Send files are duplicates only with the same name too: a list sent again under another
+    campaign or time is a new send."""
+    return hashlib.sha256(f"{claim.original_name}\0{content_digest}".encode()).hexdigest()
+
+
+def claim_batch_id(claim: Claim, partitions: int) -> str:
+    """The same batch id every time this claim is (re)done."""
+    digest = int(hashlib.sha256(claim.id.encode()).hexdigest(), 16)
+    return new_batch_id(digest % partitions, retry.parse_time(claim.claimed_at).timestamp(), tag=digest >> 224)
+
+
+async def send_file(
+    settings: Settings, imp: ImportSettings, claim: Claim, report: ImportReport, send: Send
+) -> BatchInfo:
+    """Publish the file's rows as one batch; fills the report's counts."""
+    target, send_time = target_of(settings, imp, claim)
+    report.database = target.database
+    db = settings.databases[target.database]
+    batch_id = claim_batch_id(claim, settings.service.partitions)
+    sender = BatchSender(
+        settings, target, send, source=claim.original_name, send_time=send_time, batch_id=batch_id,
+        created_at=claim.claimed_at,
+    )  # fmt: skip
+    rows = read_rows(Path(claim.path), "csv", db, settings.service.zone, claim.claimed_at)
+    try:
+        info = await send_rows(sender, rows)
+    except NothingAccepted as exc:
+        raise FileRejected(str(exc)) from None
+    report.batchId, report.sendTime = info.batchId, info.sendTime
+    report.applied, report.rowsRead = info.total, info.total + info.rejected
+    report.reject_rows([(e.line or 0, e.reason) for e in info.errors])
+    report.rejected += info.errorsNotListed
+    report.rejectionsNotListed += info.errorsNotListed
+    return info
