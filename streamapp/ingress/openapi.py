@@ -172,6 +172,123 @@ def _schemas(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _send_paths() -> dict[str, Any]:
+    """The trigger, campaign and batch routes (streamapp.sending.trigger_routes, batch_routes)."""
+    trigger = {"name": "trigger", "in": "path", "required": True, "schema": {"type": "string"}}
+    campaign = {"name": "campaign", "in": "path", "required": True, "schema": {"type": "string"}}
+    batch_id = {"name": "batchId", "in": "path", "required": True, "schema": {"type": "string"}}
+    single = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["originalId"],
+        "properties": {
+            "originalId": {"type": "string", "minLength": 1, "maxLength": 256},
+            "email": {"type": ["string", "null"], "format": "email", "description": "creates an unknown recipient"},
+            "properties": {"type": "object", "description": "`properties` in the template"},
+            "saveProps": {"type": "boolean", "default": False, "description": "store properties named like attributes"},
+            "deliveryTime": {"type": "string", "format": "date-time", "description": "not sent before"},
+            "idempotencyKey": {"type": "string", "maxLength": 256, "description": "or the Idempotency-Key header"},
+        },
+    }
+    row = {
+        "type": "object",
+        "required": ["originalId"],
+        "properties": {
+            "originalId": {"type": "string", "minLength": 1, "maxLength": 256},
+            "email": {"type": ["string", "null"], "format": "email"},
+            "attributes": _ref("Attributes"),
+            "properties": {"type": "object"},
+        },
+    }
+    rows = {
+        "required": True,
+        "content": {
+            JSON: {"schema": {"type": "array", "items": row}},
+            NDJSON: {"schema": row, "description": "one JSON object per line"},
+            "text/csv": {"description": "header row: originalId, email, attribute names; delimiter , ; tab or |"},
+        },
+    }
+    batch_accepted = _accepted(
+        {
+            "type": "object",
+            "properties": {
+                "batchId": {"type": "string"},
+                "accepted": {"type": "integer"},
+                "rejected": {"type": "integer"},
+                "errors": {"type": "array", "items": {"type": "object"}, "description": "first 100; line or item"},
+            },
+        }
+    )
+    counts = {k: {"type": "integer"} for k in ("total", "queued", "scheduled", "sent", "deferred", "failed",
+                                                "suppressed", "rejected")}  # fmt: skip
+    idempotency = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
+    return {
+        "/api/v1/triggers/{trigger}/messages": {
+            "parameters": [trigger, idempotency],
+            "post": _op(
+                "One transactional message (same idempotency key and body within 24 h: same messageId)",
+                "send",
+                {
+                    "202": _accepted({"type": "object", "properties": {"messageId": {"type": "string"}}}),
+                    "409": _error("Idempotency key used with another body in the last 24 hours"),
+                    **_errors(401, 403, 404, 413, 422, 503),
+                },
+                requestBody={"required": True, "content": {JSON: {"schema": single}}},
+            ),
+        },
+        "/api/v1/triggers/{trigger}/batches": {
+            "parameters": [trigger],
+            "post": _op(
+                "Batch transactional: each row updates its recipient and gets the trigger's message",
+                "send",
+                {"202": batch_accepted, **_errors(401, 403, 404, 413, 422)},
+                requestBody=rows,
+            ),
+        },
+        "/api/v1/campaigns/{campaign}/sends": {
+            "parameters": [
+                campaign,
+                {
+                    "name": "sendTime",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "format": "date-time"},
+                    "description": "ISO 8601; absent or past: now",
+                },
+            ],
+            "post": _op(
+                "Send campaign: each row updates its recipient and gets the campaign",
+                "send",
+                {"202": batch_accepted, **_errors(401, 403, 404, 413, 422)},
+                requestBody=rows,
+            ),
+        },
+        "/api/v1/batches/{batchId}": {
+            "parameters": [
+                batch_id,
+                {
+                    "name": "partitions",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "internal: counts of these ledger partitions only (workers ask each other)",
+                },
+            ],
+            "get": _op(
+                "A batch's counts; they converge to the total",
+                "send",
+                {
+                    "200": {
+                        "description": "counts",
+                        "content": {JSON: {"schema": {"type": "object", "properties": counts}}},
+                    },
+                    **_errors(401, 403, 404, 503),
+                },
+            ),
+        },
+    }
+
+
 def _sending_paths() -> dict[str, Any]:
     """Routes a worker serves when it sends mail ([smtp], or the dev sink)."""
     message_id = {"name": "messageId", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -200,6 +317,7 @@ def _sending_paths() -> dict[str, Any]:
     }
     html: dict[str, Any] = {"text/html": {}}
     return {
+        **_send_paths(),
         "/api/v1/messages/{messageId}": {
             "parameters": [message_id],
             "get": _op(

@@ -34,7 +34,7 @@ from streamapp.sending.batches import BatchSender, NothingAccepted, SendTarget, 
 from streamapp.sending.enqueue import publish_messages
 from streamapp.sending.idempotency import IdempotencyKeys, scoped_key
 from streamapp.sending.single import SingleRequest, build_commands, parse_single
-from streamapp.settings import TriggerSettings
+from streamapp.settings import TokenSettings, TriggerSettings
 from streamapp.tables.idempotency import IDEMPOTENCY
 from streamapp.validation import FieldError, now_iso, parse_datetime
 
@@ -75,19 +75,19 @@ class TriggerRoutes:
         shutil.rmtree(self.spool, ignore_errors=True)
         self.spool.mkdir(parents=True, exist_ok=True)
 
-    def _trigger(self, request: web.Request) -> TriggerSettings:
+    def _trigger(self, request: web.Request) -> tuple[TokenSettings, TriggerSettings]:
         token = self.auth.require(request, "send")
         name = request.match_info["trigger"]
         trigger = self.settings.triggers.get(name)
         if trigger is None:
             raise not_found(f"trigger {name!r}")
         require_database(token, trigger.database)
-        return trigger
+        return token, trigger
 
     # -- one message -------------------------------------------------------------------------
 
     async def post_message(self, request: web.Request) -> web.Response:
-        trigger = self._trigger(request)
+        token, trigger = self._trigger(request)
         data = await read_limited(request, self.settings.service.max_body_bytes)
         db = self.settings.databases[trigger.database]
         single = parse_single(parse_json(data), db, self.settings.service.zone, request.headers.get("Idempotency-Key"))
@@ -95,7 +95,6 @@ class TriggerRoutes:
             upsert, message = build_commands(single, trigger, self.settings.service.partitions, now_iso())
             await self._publish(upsert, message)
             return json_response({"messageId": message.messageId}, status=202)
-        token = self.auth.identify(request)
         key = scoped_key(token.name, trigger.name, single.idempotency_key)
         owner = self.owners.owner_of_partition(IDEMPOTENCY, self.keys.partition(key))
         if owner is not None:
@@ -133,7 +132,7 @@ class TriggerRoutes:
     # -- batches -----------------------------------------------------------------------------
 
     async def post_trigger_batch(self, request: web.Request) -> web.Response:
-        trigger = self._trigger(request)
+        _, trigger = self._trigger(request)
         return await self._batch(request, SendTarget.trigger(trigger), send_time=None)
 
     async def post_campaign_sends(self, request: web.Request) -> web.Response:
@@ -196,7 +195,7 @@ def batch_answer(info: BatchInfo) -> dict[str, object]:
         "batchId": info.batchId,
         "accepted": info.total,
         "rejected": info.rejected,
-        "errors": [e for e in info.public().get("errors", [])][:ERRORS_IN_ANSWER],
+        "errors": info.public().get("errors", [])[:ERRORS_IN_ANSWER],
     }
 
 

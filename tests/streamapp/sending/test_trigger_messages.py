@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import Worker, WorkerPool, client
+from tests.fixtures import Worker, WorkerPool, client, get_when
 from tests.streamapp.mail.fixtures import Peers
 from tests.streamapp.sending.fixtures import (
     add_recipients,
     html_of,
+    ledger,
     mail_by_recipient,
     maildir_ids,
     recipient,
@@ -166,3 +167,27 @@ def test_errors_404_403_422(sending: tuple[WorkerPool, Worker, Path]) -> None:
         assert api.post("/api/v1/triggers/receipt/messages", json=body).status_code == 401
     with client(worker, "sender") as api:
         assert api.get(f"/api/v1/batches/0000{uuid.uuid4().hex[:20]}").status_code == 404
+
+
+def test_a_scheduled_campaign_goes_out_once_and_not_early_across_a_rebalance(
+    sending: tuple[WorkerPool, Worker, Path],
+) -> None:
+    pool, worker, maildir = sending
+    items = "".join(f'{{"originalId": "sched-{i}", "email": "sched-{i}@example.com"}}\n' for i in range(200))
+    send_time = datetime.now(UTC) + timedelta(seconds=15)
+    with client(worker, "sender") as api:
+        response = api.post(
+            "/api/v1/campaigns/newsletter/sends",
+            params={"sendTime": send_time.isoformat()},
+            content=items.encode(),
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert response.status_code == 202, response.text
+        batch_id = response.json()["batchId"]
+    get_when(worker, f"/api/v1/batches/{batch_id}", lambda b: b["scheduled"] == 200)
+    pool.create(extra=smtp_extra(_sink_port(worker)))  # half the partitions, and their schedules, move
+    get_when(worker, f"/api/v1/batches/{batch_id}", lambda b: b["sent"] == 200, timeout=90)
+    delivered = {m: n for m, n in maildir_ids(maildir).items() if m[4:28] == batch_id}
+    assert len(delivered) == 200 and set(delivered.values()) == {1}
+    rows = ledger(settings_of(worker))
+    assert all(datetime.fromisoformat(rows[m].updatedAt) >= send_time for m in delivered)
