@@ -144,7 +144,10 @@ class BatchInfo(msgspec.Struct, tag="batch", kw_only=True, omit_defaults=True):
     createdAt: str
 
     def public(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        """The batch as GET /api/v1/batches/{batchId} shows it (without the command tag)."""
+        view: dict[str, Any] = msgspec.to_builtins(self)
+        view.pop("type", None)
+        return view
 
 
 RecipientCommand = UpsertRecipient | DeleteRecipient | AppendHistory | SoftBounce

@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 
 #: A message enqueued less than this long ago waits for its recipient to be created...
 UNKNOWN_RECIPIENT_GRACE = 10.0
-#: ...polling the recipients table this often, this many times (3 s in all).
-UNKNOWN_RECIPIENT_POLL_SECONDS = 0.1
-UNKNOWN_RECIPIENT_POLLS = 30
+#: ...polling the recipients table (a local RocksDB read) this often, this many times (3 s in all):
+#: a message and the upsert that creates its recipient are usually a few milliseconds apart.
+UNKNOWN_RECIPIENT_POLL_SECONDS = 0.01
+UNKNOWN_RECIPIENT_POLLS = 300
 
 
 @dataclass(slots=True)
