@@ -20,9 +20,7 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,15 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaProducer
 
+from bench.harness import sink_and_pool
 from bench.smtp_raw import message as raw_message
-from bench.smtp_raw import raw, wait_listening
+from bench.smtp_raw import raw
 from streamapp.models import SendMessage
 from streamapp.sending import retry
 from streamapp.sending.enqueue import enqueue, enqueue_with
 from streamapp.settings import Settings
 from streamapp.topics import bootstrap_servers
-from tests.fixtures import Worker, WorkerPool, free_port
-from tests.streamapp.mail.fixtures import postfix_sink_command
+from tests.fixtures import Worker
 from tests.streamapp.sending.fixtures import add_recipients, ledger, message, settings_of, smtp_extra, write_templates
 
 
@@ -111,12 +109,7 @@ def main() -> None:
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
-    port = free_port()
-    sink = subprocess.Popen(postfix_sink_command(port, ["-m", "1000"]), stdout=subprocess.DEVNULL)
-    base = Path(tempfile.mkdtemp(prefix="bench-send-"))
-    pool = WorkerPool(args.broker, base)
-    try:
-        wait_listening(port)
+    with sink_and_pool(args.broker, "bench-send-") as (port, base, pool):
         results: dict[str, object] = {"connections": args.connections}
         results["raw"] = asyncio.run(raw(port, args.connections, 20_000, raw_message()))
         write_templates(base)
@@ -129,10 +122,6 @@ def main() -> None:
         results["campaign"] = campaign | {"ratio_to_raw": round(campaign["messages_per_s"] / raw_rate, 3)}
         results["transactional"] = latency_run(worker, ids[: args.queued], f"vip-{tag}", args.samples)
         print(json.dumps(results))
-    finally:
-        pool.stop_all()
-        sink.terminate()
-        sink.wait(10)
 
 
 if __name__ == "__main__":

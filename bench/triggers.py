@@ -22,9 +22,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -36,10 +34,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.smtp_raw import wait_listening
+from bench.harness import sink_and_pool
 from streamapp.sending import retry
-from tests.fixtures import TOKENS, Worker, WorkerPool, free_port
-from tests.streamapp.mail.fixtures import postfix_sink_command
+from tests.fixtures import TOKENS, Worker
 from tests.streamapp.sending.fixtures import ledger, settings_of, smtp_extra, write_templates
 
 SENDER = {"Authorization": f"Bearer {TOKENS['sender']}"}
@@ -134,12 +131,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--batch-rows", type=int, default=100_000)
     args = parser.parse_args()
-    port = free_port()
-    sink = subprocess.Popen(postfix_sink_command(port, ["-m", "1000"]), stdout=subprocess.DEVNULL)
-    base = Path(tempfile.mkdtemp(prefix="bench-triggers-"))
-    pool = WorkerPool(args.broker, base)
-    try:
-        wait_listening(port)
+    with sink_and_pool(args.broker, "bench-triggers-") as (port, base, pool):
         write_templates(base)
         worker = pool.create(extra=smtp_extra(port, connections=args.connections))
         tag = uuid.uuid4().hex[:6]
@@ -147,10 +139,6 @@ def main() -> None:
         results["batch_intake"] = batch_intake(worker, args.batch_rows, tag)
         results.update(campaign_and_latency(worker, args.campaign, args.samples, tag))
         print(json.dumps(results))
-    finally:
-        pool.stop_all()
-        sink.terminate()
-        sink.wait(10)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -34,7 +36,7 @@ from streamapp.sending.batches import BatchSender, NothingAccepted, SendTarget, 
 from streamapp.sending.enqueue import publish_messages
 from streamapp.sending.idempotency import IdempotencyKeys, scoped_key
 from streamapp.sending.single import SingleRequest, build_commands, parse_single
-from streamapp.settings import TokenSettings, TriggerSettings
+from streamapp.settings import CampaignSettings, TokenSettings, TriggerSettings
 from streamapp.tables.idempotency import IDEMPOTENCY
 from streamapp.validation import FieldError, now_iso, parse_datetime
 
@@ -45,6 +47,9 @@ MAX_BATCH_BYTES = 1 << 30
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
 #: Row errors shown in the 202 answer; GET /api/v1/batches/{id} lists up to 1,000.
 ERRORS_IN_ANSWER = 100
+
+
+Sent = TypeVar("Sent", TriggerSettings, CampaignSettings)
 
 
 def body_format(content_type: str) -> Format:
@@ -75,19 +80,22 @@ class TriggerRoutes:
         shutil.rmtree(self.spool, ignore_errors=True)
         self.spool.mkdir(parents=True, exist_ok=True)
 
-    def _trigger(self, request: web.Request) -> tuple[TokenSettings, TriggerSettings]:
+    def _configured(
+        self, request: web.Request, what: str, configured: Mapping[str, Sent]
+    ) -> tuple[TokenSettings, Sent]:
+        """The token (scope `send`, allowed the database) and the trigger or campaign the path names."""
         token = self.auth.require(request, "send")
-        name = request.match_info["trigger"]
-        trigger = self.settings.triggers.get(name)
-        if trigger is None:
-            raise not_found(f"trigger {name!r}")
-        require_database(token, trigger.database)
-        return token, trigger
+        name = request.match_info[what]
+        found = configured.get(name)
+        if found is None:
+            raise not_found(f"{what} {name!r}")
+        require_database(token, found.database)
+        return token, found
 
     # -- one message -------------------------------------------------------------------------
 
     async def post_message(self, request: web.Request) -> web.Response:
-        token, trigger = self._trigger(request)
+        token, trigger = self._configured(request, "trigger", self.settings.triggers)
         data = await read_limited(request, self.settings.service.max_body_bytes)
         db = self.settings.databases[trigger.database]
         single = parse_single(parse_json(data), db, self.settings.service.zone, request.headers.get("Idempotency-Key"))
@@ -132,16 +140,11 @@ class TriggerRoutes:
     # -- batches -----------------------------------------------------------------------------
 
     async def post_trigger_batch(self, request: web.Request) -> web.Response:
-        _, trigger = self._trigger(request)
+        _, trigger = self._configured(request, "trigger", self.settings.triggers)
         return await self._batch(request, SendTarget.trigger(trigger), send_time=None)
 
     async def post_campaign_sends(self, request: web.Request) -> web.Response:
-        token = self.auth.require(request, "send")
-        name = request.match_info["campaign"]
-        campaign = self.settings.campaigns.get(name)
-        if campaign is None:
-            raise not_found(f"campaign {name!r}")
-        require_database(token, campaign.database)
+        _, campaign = self._configured(request, "campaign", self.settings.campaigns)
         return await self._batch(request, SendTarget.campaign(campaign), send_time=self._send_time(request))
 
     def _send_time(self, request: web.Request) -> str | None:

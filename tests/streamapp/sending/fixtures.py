@@ -10,9 +10,10 @@ import asyncio
 import email
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamapp.models import MessageState, Priority, SendMessage, decode_state
@@ -21,7 +22,8 @@ from streamapp.sending.enqueue import enqueue
 from streamapp.sending.ids import message_id_for
 from streamapp.settings import Settings, load_settings
 from streamapp.validation import now_iso
-from tests.fixtures import Worker, client, eventually
+from tests.fixtures import Worker, WorkerPool, client, eventually
+from tests.streamapp.mail.fixtures import Peers
 
 TEMPLATES = {
     "news": ("News for {{ recipient.originalId }}", "<p>Hello {{ recipient.email }}</p>\n"),
@@ -206,3 +208,15 @@ def wait_for(check: object, timeout: float = 60.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("timed out")
+
+
+@pytest.fixture
+def sending(kafka: str, tmp_path: Path, peers: Peers) -> Iterator[tuple[WorkerPool, Worker, Path]]:
+    """A pool with one sending worker (2 SMTP connections to a streamapp sink) and the sink's Maildir."""
+    write_templates(tmp_path)
+    peer, maildir = peers.streamapp_sink()
+    pool = WorkerPool(kafka, tmp_path)
+    try:
+        yield pool, pool.create(extra=smtp_extra(peer.port, connections=2)), maildir
+    finally:
+        pool.stop_all()

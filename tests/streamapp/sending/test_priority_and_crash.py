@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import Worker, WorkerPool
-from tests.streamapp.mail.fixtures import Peers
 from tests.streamapp.sending.fixtures import (
     add_recipients,
     maildir_ids,
     message,
     send,
     settings_of,
-    smtp_extra,
     wait_for,
     wait_statuses,
-    write_templates,
 )
 
 pytestmark = pytest.mark.integration
@@ -42,17 +38,6 @@ def accepted_in_order(maildir: Path) -> list[str]:
                 order.append(line.split(b":", 1)[1].strip().decode())
                 break
     return order
-
-
-@pytest.fixture
-def sending(kafka: str, tmp_path: Path, peers: Peers) -> Iterator[tuple[WorkerPool, Worker, Path]]:
-    write_templates(tmp_path)
-    peer, maildir = peers.streamapp_sink()
-    pool = WorkerPool(kafka, tmp_path)
-    try:
-        yield pool, pool.create(extra=smtp_extra(peer.port, connections=2)), maildir
-    finally:
-        pool.stop_all()
 
 
 def test_transactional_overtakes_a_queued_campaign(sending: tuple[WorkerPool, Worker, Path]) -> None:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import Worker, WorkerPool, client, get_when
-from tests.streamapp.mail.fixtures import Peers
 from tests.streamapp.sending.fixtures import (
     add_recipients,
     html_of,
@@ -26,21 +24,9 @@ from tests.streamapp.sending.fixtures import (
     smtp_extra,
     wait_for,
     wait_statuses,
-    write_templates,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def sending(kafka: str, tmp_path: Path, peers: Peers) -> Iterator[tuple[WorkerPool, Worker, Path]]:
-    write_templates(tmp_path)
-    peer, maildir = peers.streamapp_sink()
-    pool = WorkerPool(kafka, tmp_path)
-    try:
-        yield pool, pool.create(extra=smtp_extra(peer.port)), maildir
-    finally:
-        pool.stop_all()
 
 
 def post_message(worker: Worker, trigger: str, body: object, token: str = "sender", **headers: str) -> tuple[int, dict]:  # type: ignore[type-arg]
