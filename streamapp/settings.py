@@ -77,6 +77,8 @@ class ServiceSettings:
     public_url: str
     advertised_url: str
     max_body_bytes: int
+    #: Trigger batch and campaign bodies are spooled to disk, so they may be far larger.
+    max_batch_bytes: int = 1 << 30
 
     @property
     def zone(self) -> ZoneInfo:
@@ -335,6 +337,7 @@ def _read_service(r: _Reader, data: Any, base: Path) -> ServiceSettings:
             public_url=t.get("public_url", str, default_url, _url).rstrip("/"),
             advertised_url=t.get("advertised_url", str, default_url, _url).rstrip("/"),
             max_body_bytes=t.get("max_body_bytes", int, 16 * 1024 * 1024, _positive),
+            max_batch_bytes=t.get("max_batch_bytes", int, 1 << 30, _positive),
         )
 
 

@@ -46,7 +46,10 @@ def sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def config_text(broker: str, data_dir: Path, port: int, service_id: str, partitions: int = 4, extra: str = "") -> str:
+def config_text(
+    broker: str, data_dir: Path, port: int, service_id: str, partitions: int = 4, extra: str = "", service: str = ""
+) -> str:
+    """A worker's configuration; `service` adds keys to [service], `extra` tables at the end."""
     return f"""
 [service]
 id = "{service_id}"
@@ -56,6 +59,7 @@ web_host = "127.0.0.1"
 web_port = {port}
 partitions = {partitions}
 timezone = "Europe/Stockholm"
+{service}
 
 [[tokens]]
 name = "admin"
@@ -190,13 +194,19 @@ class WorkerPool:
         self.workers: list[Worker] = []
 
     def create(
-        self, partitions: int = 4, extra: str = "", start: bool = True, data_dir: Path | None = None, **env: str
+        self,
+        partitions: int = 4,
+        extra: str = "",
+        start: bool = True,
+        data_dir: Path | None = None,
+        service: str = "",
+        **env: str,
     ) -> Worker:
         n = len(self.workers)
         port = free_port()
         config = self.base / f"worker{n}.toml"
         data_dir = data_dir or self.base / f"worker{n}"
-        config.write_text(config_text(self.broker, data_dir, port, self.service_id, partitions, extra))
+        config.write_text(config_text(self.broker, data_dir, port, self.service_id, partitions, extra, service))
         worker = Worker(config=config, port=port, log=self.base / f"worker{n}.log", data_dir=data_dir, env=env)
         self.workers.append(worker)
         return worker.start().wait_ready() if start else worker

@@ -38,7 +38,7 @@ class MessageRoutes:
             return await self.owners.forward(request, owner)
         raw = self.sa.messages.data._db_for_partition(partition).get(message_id.encode())
         if raw is None:
-            raise not_found(f"message {message_id!r}")
+            raise not_found(f"message {message_id!r} (not processed yet, or never accepted)")
         state = decode_state(raw)
         require_database(token, state.database)
         return self.owners.served_here(json_response(state.public()))

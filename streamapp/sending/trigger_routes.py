@@ -42,8 +42,6 @@ from streamapp.validation import FieldError, now_iso, parse_datetime
 
 log = logging.getLogger(__name__)
 
-#: A batch body may be this large (it is spooled to disk, never held in memory).
-MAX_BATCH_BYTES = 1 << 30
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
 #: Row errors shown in the 202 answer; GET /api/v1/batches/{id} lists up to 1,000.
 ERRORS_IN_ANSWER = 100
@@ -174,9 +172,10 @@ class TriggerRoutes:
         return json_response(batch_answer(info), status=202)
 
     async def _spool_body(self, request: web.Request) -> Path:
-        """Write the body to disk as it arrives; 413 past MAX_BATCH_BYTES."""
-        if request.content_length is not None and request.content_length > MAX_BATCH_BYTES:
-            raise ApiError(413, f"body of {request.content_length} bytes exceeds the limit of {MAX_BATCH_BYTES} bytes")
+        """Write the body to disk as it arrives; 413 past `service.max_batch_bytes`."""
+        limit = self.settings.service.max_batch_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         self.spool.mkdir(parents=True, exist_ok=True)
         path = self.spool / f"{uuid.uuid4().hex}.body"
         size = 0
@@ -184,8 +183,8 @@ class TriggerRoutes:
             with path.open("wb") as f:
                 async for chunk in request.content.iter_chunked(1 << 20):
                     size += len(chunk)
-                    if size > MAX_BATCH_BYTES:
-                        raise ApiError(413, f"body exceeds the limit of {MAX_BATCH_BYTES} bytes")
+                    if size > limit:
+                        raise ApiError(413, f"body exceeds the limit of {limit} bytes")
                     f.write(chunk)
         except BaseException:
             path.unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tracemalloc
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -96,3 +98,28 @@ def test_a_claim_gives_the_same_batch_id_every_time() -> None:
     other = Claim(id="abc123def457", import_name="campaigns", original_name="f.csv", claimed_at=AT, path="/x")
     assert claim_batch_id(claim, 8) == claim_batch_id(claim, 8) != claim_batch_id(other, 8)
     assert batch_partition(claim_batch_id(claim, 8)) in range(8)
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
+def test_a_large_body_is_read_in_bounded_memory(tmp_path: Path, fmt: str) -> None:
+    """Peak allocations stay a small fraction of the body: it is never read whole."""
+    path = tmp_path / "large"
+    rows = ({"originalId": f"row-{i:07d}", "email": f"row-{i}@example.com", "attributes": {"firstname": "x" * 250}}
+            for i in range(60_000))  # fmt: skip
+    with path.open("w") as f:
+        if fmt == "csv":
+            f.write("originalId,email,firstname\n")
+            f.writelines(f"{r['originalId']},{r['email']},{r['attributes']['firstname']}\n" for r in rows)
+        elif fmt == "ndjson":
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        else:
+            f.write("[" + ",".join(json.dumps(r) for r in rows) + "]")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        count = sum(len(chunk.upserts) for chunk in read_rows(path, fmt, DB, ZONE, AT))  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 60_000 and size > 15_000_000
+    assert peak < 6_000_000, f"peak {peak} bytes for a {size}-byte body"

@@ -34,6 +34,9 @@ from tests.streamapp.sending.fixtures import (
 
 pytestmark = pytest.mark.integration
 
+#: The module's worker takes batch bodies up to this size (the 10,000-row bodies are about 1.2 MB).
+MAX_BATCH = 4_000_000
+
 
 @pytest.fixture(scope="module")
 def sending(kafka: str, tmp_path_factory: pytest.TempPathFactory, peers_module: Peers) -> Iterator[tuple[Worker, Path]]:
@@ -42,7 +45,7 @@ def sending(kafka: str, tmp_path_factory: pytest.TempPathFactory, peers_module: 
     peer, maildir = peers_module.streamapp_sink()
     pool = WorkerPool(kafka, base)
     try:
-        yield pool.create(extra=smtp_extra(peer.port, connections=8)), maildir
+        yield pool.create(extra=smtp_extra(peer.port, connections=8), service=f"max_batch_bytes = {MAX_BATCH}"), maildir
     finally:
         pool.stop_all()
 
@@ -143,6 +146,18 @@ def test_batch_bodies_that_cannot_be_read_are_refused_whole(sending: tuple[Worke
     assert post_batch(worker, "/api/v1/campaigns/nope/sends", b"[]", "application/json").status_code == 404
     response = post_batch(worker, "/api/v1/campaigns/promo/sends?sendTime=tomorrow", b"[]", "application/json")
     assert response.status_code == 422 and response.json()["details"][0]["path"] == "/query/sendTime"
+
+
+def test_a_body_over_the_batch_limit_is_413_and_nothing_is_sent(sending: tuple[Worker, Path]) -> None:
+    worker, _ = sending
+    body, content_type = body_of(rows("huge", 40_000), "ndjson")
+    assert len(body) > MAX_BATCH
+    response = post_batch(worker, "/api/v1/triggers/hello/batches", body, content_type)
+    assert response.status_code == 413 and str(MAX_BATCH) in response.json()["error"]
+    time.sleep(1)
+    with client(worker) as api:
+        assert api.get("/api/v1/databases/members/recipients/huge-0").status_code == 404
+    assert not list((worker.data_dir / "spool").iterdir())
 
 
 def test_a_json_array_broken_halfway_keeps_the_rows_before(sending: tuple[Worker, Path]) -> None:
