@@ -214,6 +214,9 @@ class SendMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     attributes: dict[str, Any] | None = None
     batchId: str | None = None
     notBefore: str | None = None  # UTC ISO 8601: not sent earlier
+    #: The request published an upsert of the recipient before this message: a missing
+    #: recipient is late (its upsert not applied yet), never unknown.
+    upserted: bool = False
     enqueuedAt: str
 
 

@@ -116,7 +116,7 @@ async def run_import(
         if report.duplicateOf is not None:
             report.outcome = "duplicate"
         elif sends:
-            await _send_file(settings, imp, claim, report)
+            await _send_file(settings, imp, claim, report, parent_pid)
         else:
             await _import_rows(settings, imp, claim, report, progress, parent_pid)
     except FileRejected as exc:
@@ -129,13 +129,20 @@ async def run_import(
     return report, layout.finish(claim, folder, encode_report(report))
 
 
-async def _send_file(settings: Settings, imp: ImportSettings, claim: Claim, report: ImportReport) -> None:
+async def _send_file(
+    settings: Settings, imp: ImportSettings, claim: Claim, report: ImportReport, parent_pid: int | None
+) -> None:
     producer = _producer(settings)
     await producer.start()
     try:
-        await send_file(settings, imp, claim, report, aiokafka_send(producer))
+        await send_file(settings, imp, claim, report, aiokafka_send(producer), lambda: _check_parent(parent_pid))
     finally:
         await producer.stop()
+
+
+def _check_parent(parent_pid: int | None) -> None:
+    if parent_pid is not None and os.getppid() != parent_pid:
+        raise ParentGone
 
 
 def _producer(settings: Settings) -> Any:
@@ -185,8 +192,7 @@ async def _import_rows(
         digest = report.sha256 or ""
         in_flight: deque[list[Awaitable[Any]]] = deque()
         while (chunk := await asyncio.to_thread(next_chunk)) is not None:
-            if parent_pid is not None and os.getppid() != parent_pid:
-                raise ParentGone
+            _check_parent(parent_pid)
             commands, rejected = chunk
             report.reject_rows(rejected)
             report.applied += len(commands)

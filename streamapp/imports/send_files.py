@@ -11,6 +11,7 @@ ledger sends each once. A campaign file's name says database, campaign and time
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -70,7 +71,12 @@ def claim_batch_id(claim: Claim, partitions: int) -> str:
 
 
 async def send_file(
-    settings: Settings, imp: ImportSettings, claim: Claim, report: ImportReport, send: Send
+    settings: Settings,
+    imp: ImportSettings,
+    claim: Claim,
+    report: ImportReport,
+    send: Send,
+    between_chunks: Callable[[], None] = lambda: None,
 ) -> BatchInfo:
     """Publish the file's rows as one batch; fills the report's counts."""
     target, send_time = target_of(settings, imp, claim)
@@ -83,7 +89,7 @@ async def send_file(
     )  # fmt: skip
     rows = read_rows(Path(claim.path), "csv", db, settings.service.zone, claim.claimed_at)
     try:
-        info = await send_rows(sender, rows)
+        info = await send_rows(sender, rows, between_chunks)
     except NothingAccepted as exc:
         raise FileRejected(str(exc)) from None
     report.batchId, report.sendTime = info.batchId, info.sendTime

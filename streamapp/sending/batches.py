@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -110,7 +110,7 @@ class BatchSender:
             messageId=batch_message_id(partition, self.batch_id, row), database=target.database,
             originalId=upsert.originalId, priority=target.priority, template=target.template,
             transactional=target.transactional, properties=properties, email=email, attributes=attributes,
-            batchId=self.batch_id, notBefore=info.sendTime, enqueuedAt=info.createdAt,
+            batchId=self.batch_id, notBefore=info.sendTime, upserted=True, enqueuedAt=info.createdAt,
         )  # fmt: skip
 
     async def finish(self) -> BatchInfo:
@@ -125,8 +125,12 @@ class NothingAccepted(Exception):
     """The body could not be read before its first row: nothing was sent, no batch exists."""
 
 
-async def send_rows(sender: BatchSender, chunks: Iterator[RowChunk]) -> BatchInfo:
+async def send_rows(
+    sender: BatchSender, chunks: Iterator[RowChunk], between_chunks: Callable[[], None] = lambda: None
+) -> BatchInfo:
     """Read chunks (in a thread: parsing is CPU work) and publish them; then finish the batch.
+
+    `between_chunks` may raise to stop (the import job does when its worker died).
 
     A body that turns unreadable after some rows were sent (a JSON syntax error halfway) keeps
     those rows: the batch is finished with the reason as its last error. Before any row was
@@ -136,6 +140,7 @@ async def send_rows(sender: BatchSender, chunks: Iterator[RowChunk]) -> BatchInf
     read = 0
     try:
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            between_chunks()
             read += len(chunk)
             in_flight.append(await sender.add(chunk))
             while len(in_flight) > MAX_CHUNKS_IN_FLIGHT:

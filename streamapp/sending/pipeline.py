@@ -1,7 +1,8 @@
 """One message, from the ledger check to its recorded outcome (SPEC §6).
 
 Order: ledger (already final: skip, so a redelivered event sends nothing), not-before (too
-early: scheduled), recipient (unknown: failed), suppression (bounced always; unsubscribed unless
+early: scheduled), recipient (unknown: failed; not created yet by the upsert its request
+published: deferred), suppression (bounced always; unsubscribed unless
 the trigger is transactional), render (an undefined variable fails the message, naming it),
 MIME, SMTP, then the ledger row and, for bounces, a recipient command.
 """
@@ -122,6 +123,8 @@ class Pipeline:
         command = job.command
         key = recipient_key(command.database, command.originalId)
         raw = await self._recipient(job, key, now)
+        if raw is None and command.upserted:  # retried with back-off: its upsert is on the way
+            return Outcome("deferred", "recipient not created yet"), None
         if raw is None:
             return Outcome("failed", "unknown recipient"), None
         recipient = decode_recipient(raw)
@@ -185,16 +188,17 @@ class Pipeline:
             await self.publish(commands)
 
     async def _recipient(self, job: Job, key: bytes, now: datetime) -> bytes | None:
-        """The recipient's row; a fresh message waits briefly for it.
+        """The recipient's row; a fresh message, or one whose request upserted it, waits briefly for it.
 
         The API creates an unknown recipient and enqueues its message at once, on two topics
-        that different agents consume: the message may arrive first by a few milliseconds.
+        that different agents consume: the message may arrive first by a few milliseconds, or
+        by more when a restarted worker catches up on both topics.
         """
         command = job.command
         db = self._db(self.recipients, job.partition)
         raw: bytes | None = db.get(key)
         fresh = (now - retry.parse_time(command.enqueuedAt)).total_seconds() < UNKNOWN_RECIPIENT_GRACE
-        for _ in range(UNKNOWN_RECIPIENT_POLLS if fresh else 0):
+        for _ in range(UNKNOWN_RECIPIENT_POLLS if fresh or command.upserted else 0):
             if raw is not None:
                 break
             await asyncio.sleep(UNKNOWN_RECIPIENT_POLL_SECONDS)

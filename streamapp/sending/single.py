@@ -109,6 +109,7 @@ def build_commands(
         email=request.email,
         attributes=dict(request.saved) or None,
         notBefore=delivery.isoformat(timespec="milliseconds") if later and delivery else None,
+        upserted=True,
         enqueuedAt=at,
     )
     return upsert, message

@@ -54,6 +54,12 @@ def test_deferred_past_expiry_fails_and_drops_the_command() -> None:
     assert state.status == "failed" and state.command is None and "expired" in (state.reason or "")
 
 
+def test_a_recipient_not_created_yet_defers_without_counting_an_attempt() -> None:
+    state = next_state(SMTP, command(upserted=True), None, Outcome("deferred", "recipient not created yet"), NOW)
+    assert (state.status, state.attempts, state.reason) == ("deferred", 0, "recipient not created yet")
+    assert state.nextAttemptAt == retry.iso(NOW + timedelta(seconds=60)) and state.command is not None
+
+
 def test_scheduled_waits_for_not_before_and_counts_no_attempt() -> None:
     later = retry.iso(NOW + timedelta(hours=2))
     state = next_state(SMTP, command(notBefore=later), None, Outcome("scheduled"), NOW)
