@@ -140,6 +140,7 @@ class BatchInfo(msgspec.Struct, tag="batch", kw_only=True, omit_defaults=True):
     rejected: int = 0
     errors: list[RowError] = msgspec.field(default_factory=list)
     errorsNotListed: int = 0
+    ignoredColumns: list[str] = msgspec.field(default_factory=list)
     sendTime: str | None = None
     createdAt: str
 

@@ -92,7 +92,7 @@ async def send_file(
         info = await send_rows(sender, rows, between_chunks)
     except NothingAccepted as exc:
         raise FileRejected(str(exc)) from None
-    report.batchId, report.sendTime = info.batchId, info.sendTime
+    report.batchId, report.sendTime, report.ignoredColumns = info.batchId, info.sendTime, info.ignoredColumns
     report.applied, report.rowsRead = info.total, info.total + info.rejected
     report.reject_rows([(e.line or 0, e.reason) for e in info.errors])
     report.rejected += info.errorsNotListed

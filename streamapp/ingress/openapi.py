@@ -216,6 +216,11 @@ def _send_paths() -> dict[str, Any]:
                 "accepted": {"type": "integer"},
                 "rejected": {"type": "integer"},
                 "errors": {"type": "array", "items": {"type": "object"}, "description": "first 100; line or item"},
+                "ignoredColumns": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "CSV columns not stored",
+                },
             },
         }
     )

@@ -36,6 +36,8 @@ class RowChunk:
     upserts: list[UpsertRecipient] = field(default_factory=list)
     properties: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[RowError] = field(default_factory=list)
+    #: CSV columns that are neither `originalId`, `email` nor an attribute (first chunk only).
+    ignored: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.upserts) + len(self.rejected)
@@ -79,7 +81,7 @@ def _csv_rows(path: Path, db: DatabaseSettings, zone: ZoneInfo, at: str) -> Iter
             commands, bad = convert_recipients(batch.rows, batch.lines, plan, schema, zone, at)
             rejected = [RowError(line=line, reason=reason) for line, reason in sorted(batch.rejected + bad)]
             upserts = [c for c in commands if isinstance(c, UpsertRecipient)]
-            yield RowChunk(upserts, [{} for _ in upserts], rejected)
+            yield RowChunk(upserts, [{} for _ in upserts], rejected, plan.ignored)
     finally:
         source.close()
 

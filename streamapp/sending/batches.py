@@ -91,6 +91,8 @@ class BatchSender:
     async def add(self, chunk: RowChunk) -> list[Awaitable[Any]]:
         """Queue the chunk's upserts, then its messages; the awaitables resolve on Kafka's acks."""
         self.reject(chunk.rejected)
+        if chunk.ignored and not self.info.ignoredColumns:
+            self.info.ignoredColumns = list(chunk.ignored)
         pending = await self.publisher.enqueue(chunk.upserts)
         keys = [recipient_key(u.database, u.originalId) for u in chunk.upserts]
         for upsert, properties, partition in zip(

@@ -198,6 +198,7 @@ def batch_answer(info: BatchInfo) -> dict[str, object]:
         "accepted": info.total,
         "rejected": info.rejected,
         "errors": info.public().get("errors", [])[:ERRORS_IN_ANSWER],
+        "ignoredColumns": info.ignoredColumns,
     }
 
 

@@ -30,6 +30,7 @@ def read(tmp_path: Path, data: bytes, fmt: str) -> list[RowChunk]:
 def test_csv_rows_are_typed_and_bad_rows_named_by_line(tmp_path: Path) -> None:
     data = "\ufefforiginalId;email;firstname;score;other\nA;a@example.com;Ann;7;x\n;b@example.com;Bo;1;y\nC;c@example.com;Cy;many;z\n"
     [chunk] = read(tmp_path, data.encode(), "csv")
+    assert chunk.ignored == ("other",)
     [upsert] = chunk.upserts
     assert (upsert.originalId, upsert.email, upsert.attributes) == (
         "A",
