@@ -245,6 +245,8 @@ class MessageState(msgspec.Struct, kw_only=True, omit_defaults=True):
     updatedAt: str
     nextAttemptAt: str | None = None
     batchId: str | None = None
+    #: When the message first found its recipient not created yet (streamapp.sending.pipeline).
+    lateSince: str | None = None
     command: SendMessage | None = None
 
     def public(self) -> dict[str, Any]:

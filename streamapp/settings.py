@@ -442,10 +442,12 @@ def _read_imports(
             name = t.get("name", str, f"#{i}", _name_check)
             if any(existing.name == name for existing in imports):
                 r.error(t.at("name"), f"import {name!r} is defined twice")
+            if name in SEND_FOLDERS:
+                r.error(t.at("name"), f"{name!r} is reserved for the send folder drop/{name}/")
             database = t.get("database", str, "")
             _check_reference(r, t.at("database"), "database", database, databases)
             kind = t.get("kind", str, "recipients", _one_of("recipients", "history"))
-            watch = t.get("watch", str, name, _relative_folder)
+            watch = t.get("watch", str, name, _import_folder)
             if any(existing.watch == watch for existing in imports):
                 r.error(t.at("watch"), f"folder {watch!r} is watched by another import")
             columns = t.get("columns", dict, {})
@@ -482,6 +484,17 @@ def _check_columns(r: _Reader, place: str, columns: dict[str, Any], db: Database
             r.error(f"{place}.{column}", "must name email, originalId or an attribute")
         elif db and target not in ("email", "originalId", *db.attributes) and not db.auto_create_attributes:
             r.error(f"{place}.{column}", f"{target!r} is not an attribute of database {db.name!r}")
+
+
+#: Folders under drop/ that belong to batch transactional and campaign files (SPEC §5).
+SEND_FOLDERS = ("triggers", "campaigns")
+
+
+def _import_folder(value: str) -> str | None:
+    problem = _relative_folder(value)
+    if problem is None and Path(value).parts[0] in SEND_FOLDERS:
+        return f"drop/{Path(value).parts[0]}/ is reserved for send files (triggers and campaigns)"
+    return problem
 
 
 def _relative_folder(value: str) -> str | None:

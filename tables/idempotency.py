@@ -2,7 +2,8 @@
 
 Written and read only by the worker that owns the key's partition (the API forwards a request
 with a key there), with a durable write (tables.bulk.put_durably), so a check-and-set under a
-local lock is enough to give one message per key.
+local lock gives one message per key (except across a partition move in the
+middle of a request: streamapp.sending.idempotency).
 """
 
 from __future__ import annotations

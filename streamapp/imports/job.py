@@ -54,12 +54,12 @@ LOCKED = 3  # exit code: another process holds the claim
 #: Converted batches whose acknowledgements may be outstanding (bounds memory).
 MAX_BATCHES_IN_FLIGHT = 3
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]  # (rows read so far, file size in bytes read so far)
 
 
 def watched(settings: Settings) -> list[ImportSettings]:
     """Every watched folder: the configured imports and the send folders."""
-    return [*settings.imports, *send_drops(settings)]  # (rows read so far, file size in bytes read so far)
+    return [*settings.imports, *send_drops(settings)]
 
 
 class ParentGone(Exception):
@@ -70,7 +70,7 @@ def import_settings(settings: Settings, name: str) -> ImportSettings:
     for imp in watched(settings):
         if imp.name == name:
             return imp
-    known = ", ".join(i.name for i in settings.imports) or "none"
+    known = ", ".join(i.name for i in watched(settings)) or "none"
     raise KeyError(f"unknown import {name!r} (configured: {known})")
 
 

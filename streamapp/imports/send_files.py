@@ -59,9 +59,9 @@ def target_of(settings: Settings, imp: ImportSettings, claim: Claim) -> tuple[Se
 
 
 def seen_key(content_digest: str, claim: Claim) -> str:
-    """Send files are duplicates only with the same name too: a list sent again under another
-    campaign or time is a new send."""
-    return hashlib.sha256(f"{claim.original_name}\0{content_digest}".encode()).hexdigest()
+    """Send files are duplicates only with the same folder and name too: a list sent again to
+    another trigger, or under another campaign or time, is a new send."""
+    return hashlib.sha256(f"{claim.import_name}\0{claim.original_name}\0{content_digest}".encode()).hexdigest()
 
 
 def claim_batch_id(claim: Claim, partitions: int) -> str:
@@ -87,7 +87,7 @@ async def send_file(
         settings, target, send, source=claim.original_name, send_time=send_time, batch_id=batch_id,
         created_at=claim.claimed_at,
     )  # fmt: skip
-    rows = read_rows(Path(claim.path), "csv", db, settings.service.zone, claim.claimed_at)
+    rows = read_rows(Path(claim.path), "csv", db, settings.service.zone, claim.claimed_at, decoded=True)
     try:
         info = await send_rows(sender, rows, between_chunks)
     except NothingAccepted as exc:

@@ -30,7 +30,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
 def parse_json(data: bytes) -> Any:
     try:
         return msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise unprocessable([FieldError("/", f"malformed JSON: {exc}")], "malformed JSON") from None
 
 
@@ -52,7 +52,7 @@ def _parse_ndjson(data: bytes) -> list[Any]:
             continue
         try:
             items.append(msgspec.json.decode(line))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             errors.append(FieldError(f"line {number}", f"malformed JSON: {exc}"))
     if errors:
         raise unprocessable(errors, "malformed NDJSON")

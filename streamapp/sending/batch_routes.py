@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -46,8 +47,9 @@ class BatchRoutes:
         partition = batch_partition(batch_id)
         if partition is None or partition >= self.sa.settings.service.partitions:
             raise not_found(f"batch {batch_id!r}")
-        if "partitions" in request.query:
-            return json_response({"counts": self._local_counts(batch_id, self._partitions(request))})
+        if "partitions" in request.query:  # another worker asks for the counts of its partitions
+            counts = self._local_counts(batch_id, self._partitions(request), token.allows_database)
+            return json_response({"counts": counts})
         owner = self.owners.owner_of_partition(BATCHES, partition)
         if owner is not None:
             return await self.owners.forward(request, owner)
@@ -56,7 +58,7 @@ class BatchRoutes:
             raise not_found(f"batch {batch_id!r} (or it is still being accepted)")
         info = decode_batch_info(raw)
         require_database(token, info.database)
-        counts = await self._counts(request, batch_id)
+        counts = await self._counts(request, batch_id, token.allows_database)
         view = info.public()
         processed = sum(counts.values())
         view.update({"queued": max(0, info.total - processed), **{s: counts.get(s, 0) for s in STATUSES}})
@@ -69,15 +71,17 @@ class BatchRoutes:
             raise unprocessable([FieldError("/query/partitions", "must be partition numbers")]) from None
         return wanted
 
-    def _local_counts(self, batch_id: str, partitions: list[int]) -> dict[str, int]:
+    def _local_counts(self, batch_id: str, partitions: list[int], allowed: Callable[[str], bool]) -> dict[str, int]:
+        """Counts of this worker's partitions, of rows the token may see (a token limited to other
+        databases asking with `?partitions=` directly learns nothing)."""
         counts: Counter[str] = Counter()
         for partition in partitions:
             if self.owners.owner_of_partition(MESSAGES, partition) is not None:
                 raise unavailable(f"partition {partition} moved")
-            counts.update(self.ledger.count_batch(partition, batch_id))
+            counts.update(self.ledger.count_batch(partition, batch_id, allowed))
         return dict(counts)
 
-    async def _counts(self, request: web.Request, batch_id: str) -> Counter[str]:
+    async def _counts(self, request: web.Request, batch_id: str, allowed: Callable[[str], bool]) -> Counter[str]:
         remote: dict[URL, list[int]] = defaultdict(list)
         local: list[int] = []
         for partition in range(self.sa.settings.service.partitions):
@@ -86,7 +90,7 @@ class BatchRoutes:
                 local.append(partition)
             else:
                 remote[owner].append(partition)
-        counts = Counter(self._local_counts(batch_id, local))
+        counts = Counter(self._local_counts(batch_id, local, allowed))
         answers = await asyncio.gather(*(self._ask(request, url, batch_id, ps) for url, ps in remote.items()))
         for answer in answers:
             counts.update(answer)

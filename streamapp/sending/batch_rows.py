@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from zoneinfo import ZoneInfo
 
 import ijson
 import msgspec
+from ijson.common import ObjectBuilder
 
 from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
 from streamapp.imports.rows import convert_recipients, plan_columns
@@ -29,6 +30,8 @@ Format = Literal["csv", "ndjson", "json"]
 CHUNK_ROWS = 2000
 DELIMITERS = (";", ",", "\t", "|")
 IDENTITY = "originalId"
+#: Deepest nesting of one row (objects and arrays); `properties` rarely need more than three.
+MAX_DEPTH = 32
 
 
 @dataclass
@@ -43,10 +46,15 @@ class RowChunk:
         return len(self.upserts) + len(self.rejected)
 
 
-def read_rows(path: Path, fmt: Format, db: DatabaseSettings, zone: ZoneInfo, at: str) -> Iterator[RowChunk]:
-    """Chunks of rows in body order; FileRejected when the body cannot be read at all."""
+def read_rows(
+    path: Path, fmt: Format, db: DatabaseSettings, zone: ZoneInfo, at: str, decoded: bool = False
+) -> Iterator[RowChunk]:
+    """Chunks of rows in body order; FileRejected when the body cannot be read at all.
+
+    `decoded`: the caller already checked that the whole CSV decodes (the import job does).
+    """
     if fmt == "csv":
-        return _csv_rows(path, db, zone, at)
+        return _csv_rows(path, db, zone, at, decoded)
     if fmt == "ndjson":
         return _ndjson_rows(path, db, zone, at)
     return _json_array_rows(path, db, zone, at)
@@ -71,8 +79,9 @@ def csv_schema(db: DatabaseSettings, delimiter: str) -> ImportSettings:
     )  # fmt: skip
 
 
-def _csv_rows(path: Path, db: DatabaseSettings, zone: ZoneInfo, at: str) -> Iterator[RowChunk]:
-    precheck(path, "utf-8")
+def _csv_rows(path: Path, db: DatabaseSettings, zone: ZoneInfo, at: str, decoded: bool) -> Iterator[RowChunk]:
+    if not decoded:
+        precheck(path, "utf-8")
     schema = csv_schema(db, sniff_delimiter(path))
     source = DelimitedFile(path, "utf-8", schema.delimiter, header=True)
     try:
@@ -101,9 +110,22 @@ def parse_row(
     problems = [f"{e.path}: {e.message}" for e in errors]
     if not isinstance(properties, dict):
         problems.append(f"{path}/properties: must be an object")
+    elif nesting_depth(properties) > MAX_DEPTH:
+        problems.append(f"{path}/properties: nested deeper than {MAX_DEPTH} levels")
     if problems or upsert is None:
         return None, {}, "; ".join(problems)
     return upsert, properties, None
+
+
+def nesting_depth(value: Any) -> int:
+    """How deep objects and arrays nest in `value` (iterative: safe on any depth)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (current.values() if isinstance(current, dict) else current))
+    return deepest
 
 
 def _ndjson_rows(path: Path, db: DatabaseSettings, zone: ZoneInfo, at: str) -> Iterator[RowChunk]:
@@ -114,7 +136,7 @@ def _ndjson_rows(path: Path, db: DatabaseSettings, zone: ZoneInfo, at: str) -> I
                 continue
             try:
                 item = msgspec.json.decode(line)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 chunk.rejected.append(RowError(line=number, reason=f"malformed JSON: {exc}"))
             else:
                 _add(chunk, parse_row(db, item, at, zone, ""), RowError(line=number, reason=""))
@@ -132,18 +154,50 @@ def _json_array_rows(path: Path, db: DatabaseSettings, zone: ZoneInfo, at: str) 
             raise FileRejected("the body must be a JSON array, NDJSON (application/x-ndjson) or CSV (text/csv)")
         f.seek(0)
         chunk = RowChunk()
-        index = 0
+        index = -1
         try:
-            for index, item in enumerate(ijson.items(f, "item", use_float=True)):
+            for index, item in enumerate(array_items(f)):
                 _add(chunk, parse_row(db, item, at, zone, f"/{index}"), RowError(item=index, reason=""))
                 if len(chunk) >= CHUNK_ROWS:
                     yield chunk
                     chunk = RowChunk()
-        except ijson.JSONError as exc:
+        except (ijson.JSONError, NestedTooDeep) as exc:
             yield chunk
-            raise FileRejected(f"malformed JSON after item {index}: {exc}") from None
+            first = str(exc).strip().splitlines()[0]  # yajl adds a picture of the place on more lines
+            problem = first if isinstance(exc, NestedTooDeep) else f"malformed JSON ({first})"
+            raise FileRejected(f"item {index + 1} (counting from 0): {problem}") from None
     if len(chunk):
         yield chunk
+
+
+class NestedTooDeep(ValueError):
+    pass
+
+
+def array_items(f: BinaryIO) -> Iterator[Any]:
+    """The items of a top-level JSON array, one at a time, each nested at most MAX_DEPTH deep.
+
+    Built from ijson's prefix-free events: `ijson.items` keeps a path string per event, which
+    costs memory quadratic in the nesting depth of a hostile body.
+    """
+    events = ijson.basic_parse(f, use_float=True)
+    if next(events, (None, None))[0] != "start_array":
+        raise FileRejected("the body must be a JSON array")
+    depth = 0  # inside the current item
+    builder = ObjectBuilder()
+    for event, value in events:
+        if depth == 0 and event == "end_array":
+            return
+        if event in ("start_map", "start_array"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise NestedTooDeep(f"nested deeper than {MAX_DEPTH} levels")
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+        builder.event(event, value)
+        if depth == 0:
+            yield builder.value
+            builder = ObjectBuilder()
 
 
 def _add(chunk: RowChunk, parsed: tuple[UpsertRecipient | None, dict[str, Any], str | None], where: RowError) -> None:

@@ -12,6 +12,7 @@ knows the total and counts the outcomes from the ledger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,8 +31,10 @@ from streamapp.settings import CampaignSettings, Settings, TriggerSettings
 from streamapp.topics import commands_topic
 from streamapp.validation import now_iso
 
-#: Row errors listed in a batch's status; the count is always complete.
+#: Row errors listed in a batch's status (the count is always complete), and their length.
 MAX_ERRORS = 1000
+MAX_REASON = 300
+MAX_IGNORED_COLUMNS = 100
 #: Chunks whose acknowledgements may be outstanding (bounds memory).
 MAX_CHUNKS_IN_FLIGHT = 3
 
@@ -82,17 +85,22 @@ class BatchSender:
         )  # fmt: skip
 
     def reject(self, errors: list[RowError]) -> None:
+        """Count bad rows; list the first MAX_ERRORS, reasons cut to MAX_REASON (the BatchInfo is
+        one Kafka record)."""
         info = self.info
         info.rejected += len(errors)
         room = max(0, MAX_ERRORS - len(info.errors))
-        info.errors.extend(errors[:room])
+        for error in errors[:room]:
+            if len(error.reason) > MAX_REASON:
+                error.reason = error.reason[: MAX_REASON - 1] + "…"
+            info.errors.append(error)
         info.errorsNotListed += max(0, len(errors) - room)
 
     async def add(self, chunk: RowChunk) -> list[Awaitable[Any]]:
         """Queue the chunk's upserts, then its messages; the awaitables resolve on Kafka's acks."""
         self.reject(chunk.rejected)
         if chunk.ignored and not self.info.ignoredColumns:
-            self.info.ignoredColumns = list(chunk.ignored)
+            self.info.ignoredColumns = [c[:MAX_REASON] for c in chunk.ignored[:MAX_IGNORED_COLUMNS]]
         pending = await self.publisher.enqueue(chunk.upserts)
         keys = [recipient_key(u.database, u.originalId) for u in chunk.upserts]
         for upsert, properties, partition in zip(
@@ -127,6 +135,15 @@ class NothingAccepted(Exception):
     """The body could not be read before its first row: nothing was sent, no batch exists."""
 
 
+class BatchInterrupted(Exception):
+    """Publishing stopped after some rows (Kafka unreachable, worker stopping): those rows' messages
+    may go out. The BatchInfo says so when it could still be published."""
+
+    def __init__(self, batch_id: str, rows: int, cause: BaseException) -> None:
+        super().__init__(f"batch {batch_id} stopped after {rows} row(s) were read: {cause!r}")
+        self.batch_id = batch_id
+
+
 async def send_rows(
     sender: BatchSender, chunks: Iterator[RowChunk], between_chunks: Callable[[], None] = lambda: None
 ) -> BatchInfo:
@@ -151,8 +168,22 @@ async def send_rows(
         if read == 0:
             raise NothingAccepted(str(exc)) from None
         sender.reject([RowError(reason=f"{exc}; the rest of the body was not read")])
+    except Exception as exc:
+        if read:
+            await _finish_interrupted(sender, in_flight, exc)
+            raise BatchInterrupted(sender.batch_id, read, exc) from exc
+        raise
     for acks in in_flight:
         await asyncio.gather(*acks)
     if read == 0:
         raise NothingAccepted("no rows")
     return await sender.finish()
+
+
+async def _finish_interrupted(sender: BatchSender, in_flight: deque[list[Awaitable[Any]]], exc: Exception) -> None:
+    """Best effort: record what was published, so the messages that go out have a batch status."""
+    sender.reject([RowError(reason=f"the batch stopped here: {exc!r}; later rows were not read")])
+    with contextlib.suppress(Exception):
+        for acks in in_flight:
+            await asyncio.gather(*acks, return_exceptions=True)
+        await sender.finish()

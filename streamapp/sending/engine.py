@@ -199,8 +199,10 @@ class SendEngine(Service):  # type: ignore[misc]
             count = self.schedule.load(partition, self.ledger.pending(partition))
             log.info("partition %d: %d scheduled or deferred messages taken over", partition, count)
         self.owned = assigned
-        for partition, state in self.schedule.due():
-            if partition in assigned and state.command is not None:
+        room = {p: max(0, QUEUE_HIGH - self.dispatcher.queued(p)) for p in PRIORITIES}
+        for partition, message_id in self.schedule.due(room):
+            state = self.ledger.get(partition, message_id) if partition in assigned else None
+            if state is not None and state.status in ("scheduled", "deferred") and state.command is not None:
                 self.dispatcher.submit(Job(state.command, partition, released=True))
 
     def _flow_if_changed(self) -> None:

@@ -6,6 +6,10 @@ partition, which checks and records the key under a lock of its own: two concurr
 with one key give one message. The record is written durably *before* the message is published
 and marked published after: a retry after a crash in between publishes the same message id
 again (the ledger makes that harmless), so nothing accepted is lost and nothing is sent twice.
+
+One window remains: a partition that moves to another worker between the ownership check and
+the record's write. The new owner may then not see the record, and a retry in that moment gets a
+second message. It is as wide as one durable write during a rebalance.
 """
 
 from __future__ import annotations

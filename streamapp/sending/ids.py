@@ -21,7 +21,7 @@ from streamapp.models import PRIORITIES, Priority
 from streamapp.partitioning import partition_for, recipient_key
 from streamapp.settings import Settings
 
-_ID = re.compile(r"(\d{4})(?:[0-9a-f]{28}|(\d{4}[0-9a-f]{20})[0-9a-f]{8})")
+_ID = re.compile(r"(\d{4})(?:[0-9a-f]{28}|\d{4}[0-9a-f]{28})")
 _BATCH_ID = re.compile(r"(\d{4})[0-9a-f]{20}")
 
 
@@ -62,11 +62,6 @@ def batch_message_id(partition: int, batch_id: str, row: int) -> str:
 def batch_prefix(partition: int, batch_id: str) -> bytes:
     """The ledger key prefix of a batch's messages on `partition`."""
     return f"{partition:04d}{batch_id}".encode()
-
-
-def batch_of(message_id: str) -> str | None:
-    match = _ID.fullmatch(message_id)
-    return match.group(2) if match else None
 
 
 def messages_topic(settings: Settings, priority: Priority) -> str:

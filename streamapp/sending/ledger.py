@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -29,6 +29,7 @@ _FAUST_KEYS = b"__faust"
 
 
 class _StatusOnly(msgspec.Struct):
+    database: str
     status: str
 
 
@@ -52,14 +53,17 @@ class Ledger:
         """Write the row locally, then wait for the changelog's acknowledgement."""
         await put_durably(self.app, self.table, partition, state.messageId.encode(), encode(state))
 
-    def count_batch(self, partition: int, batch_id: str) -> Counter[str]:
-        """Statuses of a batch's messages in this partition: one range of keys (streamapp.sending.ids)."""
+    def count_batch(self, partition: int, batch_id: str, database: Callable[[str], bool]) -> Counter[str]:
+        """Statuses of a batch's messages in this partition (one range of keys, streamapp.sending.ids),
+        counting only rows of databases for which `database(name)` holds."""
         prefix = batch_prefix(partition, batch_id)
         counts: Counter[str] = Counter()
         for key, raw in self._db(partition).items(from_key=prefix):
             if not key.startswith(prefix):
                 break
-            counts[_status_decoder.decode(raw).status] += 1
+            row = _status_decoder.decode(raw)
+            if database(row.database):
+                counts[row.status] += 1
         return counts
 
     def pending(self, partition: int) -> Iterator[MessageState]:

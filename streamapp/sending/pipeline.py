@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -49,6 +49,11 @@ UNKNOWN_RECIPIENT_GRACE = 10.0
 #: a message and the upsert that creates its recipient are usually a few milliseconds apart.
 UNKNOWN_RECIPIENT_POLL_SECONDS = 0.01
 UNKNOWN_RECIPIENT_POLLS = 300
+#: A message whose request upserted its recipient, still without it after the wait, is retried
+#: this often, without waiting again, until this long after the first miss: then it fails (the
+#: recipient was deleted meanwhile, or the upsert was lost).
+LATE_RECIPIENT_RETRY = 1.0
+LATE_RECIPIENT_LIMIT = 300.0
 
 
 @dataclass(slots=True)
@@ -198,7 +203,8 @@ class Pipeline:
         db = self._db(self.recipients, job.partition)
         raw: bytes | None = db.get(key)
         fresh = (now - retry.parse_time(command.enqueuedAt)).total_seconds() < UNKNOWN_RECIPIENT_GRACE
-        for _ in range(UNKNOWN_RECIPIENT_POLLS if fresh or command.upserted else 0):
+        waits = (fresh or command.upserted) and not job.released  # a retry only looks again
+        for _ in range(UNKNOWN_RECIPIENT_POLLS if waits else 0):
             if raw is not None:
                 break
             await asyncio.sleep(UNKNOWN_RECIPIENT_POLL_SECONDS)
@@ -225,7 +231,14 @@ def next_state(
     attempts = (previous.attempts if previous else 0) + (1 if outcome.reply is not None else 0)
     status, reason, next_at = outcome.status, outcome.reason, None
     created = previous.createdAt if previous else command.enqueuedAt
-    if status == "deferred":
+    late_since = None
+    if status == "deferred" and outcome.reply is None:  # recipient not created yet: retried soon, for a while
+        late_since = previous.lateSince if previous and previous.lateSince else retry.iso(now)
+        if (now - retry.parse_time(late_since)).total_seconds() > LATE_RECIPIENT_LIMIT:
+            status, reason = "failed", f"unknown recipient (not created within {LATE_RECIPIENT_LIMIT:.0f} s)"
+        else:
+            next_at = retry.iso(now + timedelta(seconds=LATE_RECIPIENT_RETRY))
+    elif status == "deferred":
         if retry.expired(smtp, created, now):
             status, reason = "failed", f"expired after {attempts} attempt(s): {outcome.reason}"
         else:
@@ -247,5 +260,6 @@ def next_state(
         updatedAt=retry.iso(now),
         nextAttemptAt=next_at,
         batchId=command.batchId,
+        lateSince=late_since,
         command=command if status in ("scheduled", "deferred") else None,
     )

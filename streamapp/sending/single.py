@@ -3,8 +3,9 @@
 Body: `{originalId, email?, properties?, saveProps?, deliveryTime?, idempotencyKey?}`. It
 becomes an upsert that creates an unknown recipient from `originalId` and `email` (an existing
 one keeps its address; the message goes to the one given) and, with `saveProps`, stores the
-properties named like the database's attributes; and a SendMessage at transactional priority
-that carries those values, so they render even before the upsert is applied.
+properties named like the database's attributes (all of them with `auto_create_attributes`);
+and a SendMessage at transactional priority that carries those values, so they render even
+before the upsert is applied.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import msgspec
 
 from streamapp.ingress.errors import unprocessable
 from streamapp.models import SendMessage, UpsertRecipient
+from streamapp.sending.batch_rows import MAX_DEPTH, nesting_depth
 from streamapp.sending.ids import message_id_for
 from streamapp.settings import DatabaseSettings, TriggerSettings
 from streamapp.validation import FieldError, check_attributes, check_email, check_original_id, parse_datetime
@@ -52,12 +54,14 @@ def parse_single(body: Any, db: DatabaseSettings, zone: ZoneInfo, header_key: st
     if not isinstance(properties, dict):
         errors.append(FieldError("/properties", "must be an object"))
         properties = {}
+    elif nesting_depth(properties) > MAX_DEPTH:
+        errors.append(FieldError("/properties", f"nested deeper than {MAX_DEPTH} levels"))
     save = body.get("saveProps", False)
     if not isinstance(save, bool):
         errors.append(FieldError("/saveProps", "must be true or false"))
     saved: dict[str, Any] = {}
     if save is True:
-        matching = {k: v for k, v in properties.items() if k in db.attributes}
+        matching = {k: v for k, v in properties.items() if k in db.attributes or db.auto_create_attributes}
         saved, attribute_errors = check_attributes(db, matching, "/properties", zone)
         errors += attribute_errors
     delivery = None

@@ -32,7 +32,7 @@ from streamapp.models import BatchInfo, IdempotencyRecord, SendMessage, UpsertRe
 from streamapp.publisher import faust_send
 from streamapp.sending import retry
 from streamapp.sending.batch_rows import Format, read_rows
-from streamapp.sending.batches import BatchSender, NothingAccepted, SendTarget, send_rows
+from streamapp.sending.batches import BatchInterrupted, BatchSender, NothingAccepted, SendTarget, send_rows
 from streamapp.sending.enqueue import publish_messages
 from streamapp.sending.idempotency import IdempotencyKeys, scoped_key
 from streamapp.sending.single import SingleRequest, build_commands, parse_single
@@ -112,7 +112,7 @@ class TriggerRoutes:
             record = self.keys.get(key)
             if record is not None and record.bodyHash != single.body_hash:
                 raise ApiError(409, "idempotency key already used with another body in the last 24 hours")
-            replayed = record is not None
+            replayed = record is not None and record.published  # else this call does the publishing
             if record is None:
                 upsert, message = build_commands(single, trigger, self.settings.service.partitions, now_iso())
                 record = IdempotencyRecord(
@@ -166,6 +166,9 @@ class TriggerRoutes:
                 info = await send_rows(sender, rows)
             except NothingAccepted as exc:
                 raise unprocessable([FieldError("/", str(exc))], "nothing was accepted") from None
+            except BatchInterrupted as exc:
+                log.exception("batch %s interrupted", exc.batch_id)
+                raise ApiError(503, f"{exc}; see GET /api/v1/batches/{exc.batch_id} before retrying") from None
         finally:
             path.unlink(missing_ok=True)
         record_batch_metrics(info)

@@ -127,3 +127,28 @@ def test_environment_errors_are_named(tmp_path: Path) -> None:
 def test_shipped_config_is_valid() -> None:
     settings = load_settings(Path(__file__).parents[2] / "config" / "streamapp.toml", {})
     assert "members" in settings.databases
+
+
+def test_imports_cannot_take_the_send_folders(tmp_path: Path) -> None:
+    text = """
+[[databases]]
+name = "members"
+[[imports]]
+name = "campaigns"
+database = "members"
+identity = "id"
+[[imports]]
+name = "crm"
+database = "members"
+identity = "id"
+watch = "triggers/welcome"
+"""
+    found = issues_of(write(tmp_path, text))
+    assert "imports[0].name: 'campaigns' is reserved for the send folder drop/campaigns/" in found
+    assert any(f.startswith("imports[1].watch: drop/triggers/ is reserved") for f in found)
+
+
+def test_batch_body_limit_is_a_service_setting(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "[service]\nmax_batch_bytes = 5000\n"), {})
+    assert settings.service.max_batch_bytes == 5000 and settings.service.max_body_bytes == 16 * 1024 * 1024
+    assert issues_of(write(tmp_path, "[service]\nmax_batch_bytes = 0\n"))[0].startswith("service.max_batch_bytes")

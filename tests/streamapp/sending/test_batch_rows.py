@@ -13,7 +13,7 @@ from streamapp.imports.csvreader import FileRejected
 from streamapp.imports.files import Claim
 from streamapp.imports.send_files import claim_batch_id
 from streamapp.sending.batch_rows import RowChunk, read_rows
-from streamapp.sending.ids import batch_message_id, batch_of, batch_partition, batch_prefix, new_batch_id, partition_of
+from streamapp.sending.ids import batch_message_id, batch_partition, batch_prefix, new_batch_id, partition_of
 from streamapp.settings import DatabaseSettings
 
 DB = DatabaseSettings("members", False, {"firstname": "string", "score": "int"})
@@ -81,7 +81,9 @@ def test_json_body_that_is_not_an_array_is_refused_and_a_broken_one_keeps_what_c
     path.write_bytes(b'[{"originalId": "A"}, {"originalId": "B"}, {"originalId": ')
     rows = read_rows(path, "json", DB, ZONE, AT)
     assert [u.originalId for u in next(rows).upserts] == ["A", "B"]
-    with pytest.raises(FileRejected, match="malformed JSON after item 1"):
+    with pytest.raises(
+        FileRejected, match=r"^item 2 \(counting from 0\): malformed JSON \(parse error: premature EOF\)$"
+    ):
         next(rows)
 
 
@@ -89,9 +91,9 @@ def test_batch_ids_name_their_partition_and_prefix_their_messages() -> None:
     batch_id = new_batch_id(5)
     assert batch_partition(batch_id) == 5 and len(batch_id) == 24
     message_id = batch_message_id(3, batch_id, 1234)
-    assert partition_of(message_id) == 3 and batch_of(message_id) == batch_id
+    assert partition_of(message_id) == 3 and message_id[4:28] == batch_id
     assert message_id.encode().startswith(batch_prefix(3, batch_id))
-    assert batch_partition("0005" + "g" * 20) is None and batch_of("0001" + "a" * 28) is None
+    assert batch_partition("0005" + "g" * 20) is None and partition_of(message_id + "0") is None
 
 
 def test_a_claim_gives_the_same_batch_id_every_time() -> None:
@@ -124,3 +126,14 @@ def test_a_large_body_is_read_in_bounded_memory(tmp_path: Path, fmt: str) -> Non
         tracemalloc.stop()
     assert count == 60_000 and size > 15_000_000
     assert peak < 6_000_000, f"peak {peak} bytes for a {size}-byte body"
+
+
+def test_hostile_nesting_is_refused_without_exhausting_memory(tmp_path: Path) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(FileRejected, match=r"item 1 \(counting from 0\): nested deeper than 32 levels"):
+        read(tmp_path, b'[{"originalId": "A"}, ' + deep + b"]", "json")
+    [chunk] = read(tmp_path, b'{"originalId": "A", "properties": {"a": ' + deep + b"}}\n", "ndjson")
+    assert chunk.rejected[0].line == 1 and "malformed JSON" in chunk.rejected[0].reason
+    nested = b'{"x": ' * 40 + b"1" + b"}" * 40
+    [chunk] = read(tmp_path, b'{"originalId": "A", "properties": ' + nested + b"}\n", "ndjson")
+    assert chunk.rejected[0].reason == "/properties: nested deeper than 32 levels"

@@ -54,10 +54,17 @@ def test_deferred_past_expiry_fails_and_drops_the_command() -> None:
     assert state.status == "failed" and state.command is None and "expired" in (state.reason or "")
 
 
-def test_a_recipient_not_created_yet_defers_without_counting_an_attempt() -> None:
-    state = next_state(SMTP, command(upserted=True), None, Outcome("deferred", "recipient not created yet"), NOW)
+def test_a_recipient_not_created_yet_is_retried_each_second_then_fails() -> None:
+    late = Outcome("deferred", "recipient not created yet")
+    state = next_state(SMTP, command(upserted=True), None, late, NOW)
     assert (state.status, state.attempts, state.reason) == ("deferred", 0, "recipient not created yet")
-    assert state.nextAttemptAt == retry.iso(NOW + timedelta(seconds=60)) and state.command is not None
+    assert state.nextAttemptAt == retry.iso(NOW + timedelta(seconds=1)) and state.command is not None
+    assert state.lateSince == retry.iso(NOW)
+    later = next_state(SMTP, command(upserted=True), state, late, NOW + timedelta(seconds=200))
+    assert later.status == "deferred" and later.lateSince == retry.iso(NOW)
+    gone = next_state(SMTP, command(upserted=True), later, late, NOW + timedelta(seconds=301))
+    assert gone.status == "failed" and gone.reason == "unknown recipient (not created within 300 s)"
+    assert gone.command is None
 
 
 def test_scheduled_waits_for_not_before_and_counts_no_attempt() -> None:
@@ -105,9 +112,21 @@ def test_schedule_releases_when_due_never_earlier_and_forgets_revoked_partitions
     schedule.add(state("b", NOW + timedelta(seconds=5)), 1)
     schedule.add(state("c", NOW + timedelta(seconds=1)), 2)
     schedule.forget([2])
-    assert schedule.due(NOW.timestamp() + 4.999) == []
-    assert [s.messageId for _, s in schedule.due(NOW.timestamp() + 5)] == ["b"]
-    assert [(p, s.messageId) for p, s in schedule.due(NOW.timestamp() + 60)] == [(0, "a")]
+    assert schedule.due(now=NOW.timestamp() + 4.999) == []
+    assert schedule.due(now=NOW.timestamp() + 5) == [(1, "b")]
+    assert schedule.due(now=NOW.timestamp() + 60) == [(0, "a")]
+
+
+def test_schedule_releases_only_as_many_as_the_dispatcher_has_room_for() -> None:
+    schedule = Schedule()
+    for n in range(5):
+        schedule.add(MessageState(messageId=f"m{n}", database="d", originalId="o", priority="campaign",
+                                  status="scheduled", createdAt="t", updatedAt="t", nextAttemptAt=retry.iso(NOW)), 0)  # fmt: skip
+    later = NOW.timestamp() + 1
+    assert schedule.due({"campaign": 2}, now=later) == [(0, "m0"), (0, "m1")]
+    assert schedule.due({"transactional": 10}, now=later) == []
+    assert schedule.counts() == {"campaign": 3}
+    assert schedule.due(now=later) == [(0, "m2"), (0, "m3"), (0, "m4")]
 
 
 def test_dispatcher_takes_the_highest_priority_first_and_asks_to_pause_lower_ones() -> None:
