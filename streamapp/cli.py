@@ -200,7 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.set_defaults(func=cmd_kafka)
     manual = sub.add_parser("import", help="import a file through a named import schema")
     manual.add_argument("file", type=Path)
-    manual.add_argument("--import", dest="import_name", required=True, help="the [[imports]] name")
+    manual.add_argument(
+        "--import",
+        dest="import_name",
+        required=True,
+        help="an [[imports]] name, or a send folder: triggers/<trigger> or campaigns",
+    )
     manual.set_defaults(func=cmd_import)
     check = sub.add_parser("check-config", help="validate the configuration")
     check.set_defaults(func=cmd_check_config)

@@ -48,4 +48,7 @@ def test_import_of_an_unknown_schema_is_refused(tmp_path: Path) -> None:
     data.write_text("a\n")
     run = streamapp("import", str(data), "--import", "nope")
     assert run.returncode == 2
-    assert "unknown import 'nope' (configured: crm, shop-purchases)" in run.stderr
+    assert (
+        "unknown import 'nope' (configured: crm, shop-purchases, triggers/password-reset, triggers/welcome, campaigns)"
+        in run.stderr
+    )
