@@ -59,3 +59,7 @@ OLDEST_QUEUED_AGE = Gauge(
     "Age (since enqueue) of the oldest message in this worker's in-memory send queue, by priority",
     ["priority"],
 )
+SKIPPED_RECORDS = Counter(
+    "streamapp_send_records_skipped",
+    "Priority-topic records that skipped the send agent and were read again (streamapp.sending.gaps)",
+)

@@ -26,11 +26,13 @@ from streamapp.mail.unsubscribe import load_or_create_secret
 from streamapp.models import PRIORITIES, Priority, RecipientCommand, SendMessage
 from streamapp.sending import retry
 from streamapp.sending.dispatcher import Dispatcher
+from streamapp.sending.gaps import OffsetTracker, read_range
 from streamapp.sending.ids import messages_topic
 from streamapp.sending.ledger import Ledger
 from streamapp.sending.pipeline import Job, Pipeline
 from streamapp.sending.schedule import Schedule
 from streamapp.settings import Settings
+from streamapp.topics import bootstrap_servers
 
 if TYPE_CHECKING:
     from streamapp.app import StreamApp
@@ -100,7 +102,7 @@ class SendEngine(Service):  # type: ignore[misc]
         self.dispatcher.on_change = self._flow_if_changed
         self.owned: set[int] = set()
         self.active: set[str] = set()  # message ids being processed (a duplicate event waits for the ledger)
-        self.next_offset: dict[Any, int] = {}
+        self.offsets = OffsetTracker()
         self._last_wanted: set[Priority] = set()
         self._wake = asyncio.Event()
 
@@ -109,8 +111,21 @@ class SendEngine(Service):  # type: ignore[misc]
     def submit(self, event: Any, command: SendMessage) -> None:
         """Queue a message read from Kafka; its event is acked once the outcome is recorded."""
         message = event.message
-        self.next_offset[message.tp] = message.offset + 1
+        skipped = self.offsets.seen(message.tp, message.offset)
+        if skipped is not None:
+            self._read_again(message.tp, *skipped)
         self.dispatcher.submit(Job(command, message.partition, event))
+
+    def _read_again(self, tp: Any, start: int, end: int) -> None:
+        """Offsets [start, end) never reached the agent: read them ourselves (streamapp.sending.gaps)."""
+        log.error("%s: offsets %d..%d skipped on the way in; reading them again", tp, start, end - 1)
+        metrics.SKIPPED_RECORDS.inc(end - start)
+
+        async def refill() -> None:
+            for command in await read_range(bootstrap_servers(self.sa.settings), tp.topic, tp.partition, start, end):
+                self.dispatcher.submit(Job(command, tp.partition))
+
+        self.add_future(refill())
 
     # -- processing ------------------------------------------------------------
 
@@ -170,6 +185,7 @@ class SendEngine(Service):  # type: ignore[misc]
         partitions = {partition for _, partition in mine}
         self.owned -= partitions
         self.schedule.forget(partitions)
+        self.offsets.forget(partitions)
         self.dispatcher.drop(mine)
 
     # -- timer: schedule, flow control -------------------------------------------
@@ -268,12 +284,12 @@ class SendEngine(Service):  # type: ignore[misc]
         if not self.sa.is_ready():
             return
         consumer = self.sa.faust.consumer
-        tps = [tp for tp in self.next_offset if tp.partition in self.owned]
+        tps = [tp for tp in self.offsets.next if tp.partition in self.owned]
         ends = await consumer.highwaters(*tps) if tps else {}
         waiting = self.schedule.counts()
         now = datetime.now(UTC)
         for priority, topic in self.topics.items():
-            unread = sum(max(0, end - self.next_offset[tp]) for tp, end in ends.items() if tp.topic == topic)
+            unread = sum(max(0, end - self.offsets.next[tp]) for tp, end in ends.items() if tp.topic == topic)
             queue = self.dispatcher.queues[priority]
             metrics.QUEUE_DEPTH.labels(priority).set(unread + len(queue) + waiting[priority])
             oldest = (now - retry.parse_time(queue[0].command.enqueuedAt)).total_seconds() if queue else 0.0

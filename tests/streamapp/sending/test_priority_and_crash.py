@@ -15,6 +15,7 @@ import pytest
 from tests.fixtures import Worker, WorkerPool
 from tests.streamapp.sending.fixtures import (
     add_recipients,
+    ledger,
     maildir_ids,
     message,
     send,
@@ -74,7 +75,12 @@ def test_kill9_mid_send_delivers_each_message_once_but_the_in_flight(sending: tu
     delivered_at_kill = len(maildir_ids(maildir))
     assert delivered_at_kill < len(ids), "the worker finished before it was killed: nothing tested"
     worker.start().wait_ready()
-    wait_for(lambda: set(maildir_ids(maildir)) >= set(messages), timeout=150)
+    try:
+        wait_for(lambda: set(maildir_ids(maildir)) >= set(messages), timeout=150)
+    except AssertionError:
+        rows = ledger(settings)
+        missing = sorted(set(messages) - set(maildir_ids(maildir)))
+        raise AssertionError(f"{len(missing)} never delivered: {[(m, rows.get(m)) for m in missing[:5]]}") from None
 
     counts = maildir_ids(maildir)
     duplicates = sum(n - 1 for n in counts.values())
