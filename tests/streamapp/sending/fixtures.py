@@ -189,11 +189,16 @@ def maildir_messages(maildir: Path) -> list[email.message.Message]:
 
 def maildir_ids(maildir: Path) -> Counter[str]:
     """How often each streamapp message id was delivered (its X-Streamapp-Message-Id header)."""
+    return header_counts(maildir, b"X-Streamapp-Message-Id:")
+
+
+def header_counts(maildir: Path, header: bytes) -> Counter[str]:
+    """How many delivered messages carry each value of `header` (read up to the blank line only)."""
     counts: Counter[str] = Counter()
     for path in (maildir / "new").glob("*"):
         with path.open("rb") as f:
             for line in f:
-                if line.startswith(b"X-Streamapp-Message-Id:"):
+                if line.startswith(header):
                     counts[line.split(b":", 1)[1].strip().decode()] += 1
                     break
                 if line in (b"\r\n", b"\n"):

@@ -7,7 +7,6 @@ Only the few messages in flight at the kill may go twice (docs/sending.md: 2 x s
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,22 +16,11 @@ import pytest
 from tests.fixtures import WorkerPool, applied_commands, eventually, get_when
 from tests.streamapp.imports.fixtures import drop, find_report, wait_report
 from tests.streamapp.mail.fixtures import Peers
-from tests.streamapp.sending.fixtures import smtp_extra, write_templates
+from tests.streamapp.sending.fixtures import header_counts, smtp_extra, write_templates
 
 pytestmark = pytest.mark.integration
 
 CONNECTIONS = 8
-
-
-def mails_per_address(maildir: Path) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for path in (maildir / "new").glob("*"):
-        with path.open("rb") as f:
-            for line in f:
-                if line.startswith(b"To:"):
-                    counts[line[3:].strip().decode()] += 1
-                    break
-    return counts
 
 
 def test_kill9_while_a_campaign_file_is_published_and_sent(workers: WorkerPool, tmp_path: Path, peers: Peers) -> None:
@@ -50,7 +38,7 @@ def test_kill9_while_a_campaign_file_is_published_and_sent(workers: WorkerPool, 
     outcome, report = wait_report(worker, name, timeout=120)
     assert outcome == "processed" and report["applied"] == count
     get_when(worker, f"/api/v1/batches/{report['batchId']}", lambda b: b["sent"] == count, timeout=180)
-    received = mails_per_address(maildir)
+    received = header_counts(maildir, b"To:")
     assert set(received) == {f"k{i}@example.com" for i in range(count)}
     twice = sum(n - 1 for n in received.values())
     assert twice <= 2 * CONNECTIONS, f"{twice} duplicates"
