@@ -32,6 +32,7 @@ from streamapp.models import (
 )
 from streamapp.partitioning import recipient_key
 from streamapp.sending.bounces import apply_soft_bounce
+from streamapp.sending.gaps import OffsetTracker
 from streamapp.state import append_history, apply_upsert, sweep_inactive
 from streamapp.tables.bulk import PartitionChunk
 
@@ -110,12 +111,23 @@ def apply_commands(chunks: Chunks, commands: list[Command], offset: int) -> int:
     return failed
 
 
+async def _forget(offsets: OffsetTracker, revoked: Any) -> None:
+    offsets.forget(tp.partition for tp in revoked)
+
+
 def register(sa: StreamApp) -> None:
     """Attach the agent to the app."""
+
+    offsets = OffsetTracker()
+    sa.faust.on_partitions_revoked.connect(lambda sender, revoked, **kw: _forget(offsets, revoked))
 
     @sa.faust.agent(sa.recipient_commands, name="apply-recipient-commands")  # type: ignore[untyped-decorator]
     async def apply_recipient_commands(stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
+            skipped = offsets.seen(event.message.tp, event.message.offset)
+            if skipped is not None:  # watched, not yet seen here (docs/sending.md, "Skipped records")
+                log.error("%s: offsets %d..%d skipped the agent", event.message.tp, skipped[0], skipped[1] - 1)
+                metrics.COMMAND_RECORDS_SKIPPED.inc(skipped[1] - skipped[0])
             try:
                 batch = decode_batch(event.value)
             except msgspec.DecodeError as exc:

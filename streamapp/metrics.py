@@ -63,3 +63,7 @@ SKIPPED_RECORDS = Counter(
     "streamapp_send_records_skipped",
     "Priority-topic records that skipped the send agent and were read again (streamapp.sending.gaps)",
 )
+COMMAND_RECORDS_SKIPPED = Counter(
+    "streamapp_command_records_skipped",
+    "Recipient-command records whose offsets the agent never saw (a jump in a partition's offsets)",
+)
