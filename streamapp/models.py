@@ -192,6 +192,8 @@ def decode_history(data: bytes) -> list[HistoryRecord]:
 MessageStatus = Literal["scheduled", "queued", "sent", "deferred", "failed", "suppressed"]
 #: A message in one of these states is never sent again.
 FINAL_STATUSES: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
+#: A message in one of these states keeps its command in the ledger, waiting for the schedule.
+WAITING_STATUSES: frozenset[str] = frozenset({"scheduled", "deferred"})
 
 
 class SendMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -248,6 +250,10 @@ class MessageState(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: When the message first found its recipient not created yet (streamapp.sending.pipeline).
     lateSince: str | None = None
     command: SendMessage | None = None
+
+    def waiting(self) -> bool:
+        """Still to be sent by the schedule (scheduled or deferred, command kept)."""
+        return self.status in WAITING_STATUSES and self.command is not None
 
     def public(self) -> dict[str, Any]:
         """The message as GET /api/v1/messages/{messageId} shows it."""

@@ -218,7 +218,7 @@ class SendEngine(Service):  # type: ignore[misc]
         room = {p: max(0, QUEUE_HIGH - self.dispatcher.queued(p)) for p in PRIORITIES}
         for partition, message_id in self.schedule.due(room):
             state = self.ledger.get(partition, message_id) if partition in assigned else None
-            if state is not None and state.status in ("scheduled", "deferred") and state.command is not None:
+            if state is not None and state.waiting() and state.command is not None:
                 self.dispatcher.submit(Job(state.command, partition, released=True))
 
     def _flow_if_changed(self) -> None:

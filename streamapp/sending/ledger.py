@@ -76,5 +76,5 @@ class Ledger:
             except msgspec.DecodeError:
                 log.error("undecodable ledger row %r in partition %d", key, partition)
                 continue
-            if state.status in ("scheduled", "deferred") and state.command is not None:
+            if state.waiting():
                 yield state

@@ -26,6 +26,7 @@ from streamapp.mail.templates import RenderError, TemplateStore
 from streamapp.mail.unsubscribe import make_token
 from streamapp.models import (
     FINAL_STATUSES,
+    WAITING_STATUSES,
     MessageState,
     Recipient,
     RecipientCommand,
@@ -128,7 +129,7 @@ class Pipeline:
         command = job.command
         key = recipient_key(command.database, command.originalId)
         raw = await self._recipient(job, key, now)
-        if raw is None and command.upserted:  # retried with back-off: its upsert is on the way
+        if raw is None and command.upserted:  # looked at again every second: its upsert is on the way
             return Outcome("deferred", "recipient not created yet"), None
         if raw is None:
             return Outcome("failed", "unknown recipient"), None
@@ -168,7 +169,7 @@ class Pipeline:
     async def _record(self, job: Job, previous: MessageState | None, outcome: Outcome, now: datetime) -> MessageState:
         state = next_state(self.smtp, job.command, previous, outcome, now)
         await self.ledger.put(job.partition, state)
-        if state.status in ("scheduled", "deferred"):
+        if state.status in WAITING_STATUSES:
             self.schedule(state, job.partition)
         metrics.MESSAGES.labels(priority=state.priority, outcome=state.status).inc()
         return state
@@ -261,5 +262,5 @@ def next_state(
         nextAttemptAt=next_at,
         batchId=command.batchId,
         lateSince=late_since,
-        command=command if status in ("scheduled", "deferred") else None,
+        command=command if status in WAITING_STATUSES else None,
     )
