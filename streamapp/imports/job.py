@@ -40,7 +40,7 @@ from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
 from streamapp.imports.files import Claim, DropLayout
 from streamapp.imports.report import ImportReport, encode_report
 from streamapp.imports.rows import convert_history, convert_recipients, plan_columns
-from streamapp.imports.send_files import seen_key, send_drops, send_file, target_of
+from streamapp.imports.send_files import SendFileTarget, seen_key, send_drops, send_file, target_of
 from streamapp.models import RecipientCommand, SweepInactive
 from streamapp.publisher import CommandPublisher, aiokafka_send
 from streamapp.settings import ImportSettings, Settings, load_settings
@@ -108,15 +108,15 @@ async def run_import(
     sends = imp.kind in ("trigger", "campaign")
     seen = ""
     try:
-        if sends:
-            target_of(settings, imp, claim)  # a bad campaign file name rejects the file first
+        # A bad campaign file name rejects the file before anything else.
+        target = target_of(settings, imp, claim) if sends else None
         report.sha256 = precheck(Path(claim.path), imp.encoding)
         seen = seen_key(report.sha256, claim) if sends else report.sha256
         report.duplicateOf = layout.mark_seen(seen, claim)
         if report.duplicateOf is not None:
             report.outcome = "duplicate"
-        elif sends:
-            await _send_file(settings, imp, claim, report, parent_pid)
+        elif target is not None:
+            await _send_file(settings, target, claim, report, parent_pid)
         else:
             await _import_rows(settings, imp, claim, report, progress, parent_pid)
     except FileRejected as exc:
@@ -130,12 +130,12 @@ async def run_import(
 
 
 async def _send_file(
-    settings: Settings, imp: ImportSettings, claim: Claim, report: ImportReport, parent_pid: int | None
+    settings: Settings, target: SendFileTarget, claim: Claim, report: ImportReport, parent_pid: int | None
 ) -> None:
     producer = _producer(settings)
     await producer.start()
     try:
-        await send_file(settings, imp, claim, report, aiokafka_send(producer), lambda: _check_parent(parent_pid))
+        await send_file(settings, target, claim, report, aiokafka_send(producer), lambda: _check_parent(parent_pid))
     finally:
         await producer.stop()
 

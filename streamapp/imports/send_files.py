@@ -49,8 +49,12 @@ def _drop(folder: str, database: str, kind: Literal["trigger", "campaign"]) -> I
     )  # fmt: skip
 
 
-def target_of(settings: Settings, imp: ImportSettings, claim: Claim) -> tuple[SendTarget, str | None]:
-    """What the file's rows get, and when (UTC ISO, None for now); FileRejected for a bad name."""
+#: What a send file's rows get, and when (UTC ISO, None for now).
+SendFileTarget = tuple[SendTarget, str | None]
+
+
+def target_of(settings: Settings, imp: ImportSettings, claim: Claim) -> SendFileTarget:
+    """What the file's rows get, and when; FileRejected for a bad campaign file name."""
     if imp.kind == "trigger":
         return SendTarget.trigger(settings.triggers[imp.name.removeprefix("triggers/")]), None
     drop = parse_campaign_name(claim.original_name, settings, retry.parse_time(claim.claimed_at))
@@ -72,14 +76,14 @@ def claim_batch_id(claim: Claim, partitions: int) -> str:
 
 async def send_file(
     settings: Settings,
-    imp: ImportSettings,
+    file_target: SendFileTarget,
     claim: Claim,
     report: ImportReport,
     send: Send,
     between_chunks: Callable[[], None] = lambda: None,
 ) -> BatchInfo:
-    """Publish the file's rows as one batch; fills the report's counts."""
-    target, send_time = target_of(settings, imp, claim)
+    """Publish the file's rows as one batch (target_of says what they get); fills the report's counts."""
+    target, send_time = file_target
     report.database = target.database
     db = settings.databases[target.database]
     batch_id = claim_batch_id(claim, settings.service.partitions)

@@ -53,6 +53,7 @@ class DropWatcher(Service):  # type: ignore[misc]
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.watched = watched(settings)  # import folders and send folders
         self.layout = layout_for(settings)
         self.settle = SettleTracker()
         self.wake = asyncio.Event()
@@ -60,7 +61,7 @@ class DropWatcher(Service):  # type: ignore[misc]
         self.observer: Any = None
 
     async def on_start(self) -> None:
-        imports = watched(self.settings)
+        imports = self.watched
         self.layout.create([imp.watch for imp in imports])
         for claim in self.layout.unfinished_claims():
             log.info("redoing %s, claimed before a restart", claim.original_name)
@@ -80,7 +81,7 @@ class DropWatcher(Service):  # type: ignore[misc]
 
     async def _scan_loop(self) -> None:
         while not self.should_stop:
-            for imp in watched(self.settings):
+            for imp in self.watched:
                 self._scan(imp)
             metrics.FILES_WAITING.set(self.settle.waiting() + self.queue.qsize())
             with contextlib.suppress(TimeoutError):
