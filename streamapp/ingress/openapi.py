@@ -224,6 +224,11 @@ def _send_paths() -> dict[str, Any]:
             },
         }
     )
+
+    def batch_op(summary: str) -> dict[str, Any]:
+        """A batch send route: rows in, 202 with the batch's id and counts."""
+        return _op(summary, "send", {"202": batch_accepted, **_errors(401, 403, 404, 413, 422)}, requestBody=rows)
+
     counts = {k: {"type": "integer"} for k in ("total", "queued", "scheduled", "sent", "deferred", "failed",
                                                 "suppressed", "rejected")}  # fmt: skip
     idempotency = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
@@ -243,12 +248,7 @@ def _send_paths() -> dict[str, Any]:
         },
         "/api/v1/triggers/{trigger}/batches": {
             "parameters": [trigger],
-            "post": _op(
-                "Batch transactional: each row updates its recipient and gets the trigger's message",
-                "send",
-                {"202": batch_accepted, **_errors(401, 403, 404, 413, 422)},
-                requestBody=rows,
-            ),
+            "post": batch_op("Batch transactional: each row updates its recipient and gets the trigger's message"),
         },
         "/api/v1/campaigns/{campaign}/sends": {
             "parameters": [
@@ -261,12 +261,7 @@ def _send_paths() -> dict[str, Any]:
                     "description": "ISO 8601; absent or past: now",
                 },
             ],
-            "post": _op(
-                "Send campaign: each row updates its recipient and gets the campaign",
-                "send",
-                {"202": batch_accepted, **_errors(401, 403, 404, 413, 422)},
-                requestBody=rows,
-            ),
+            "post": batch_op("Send campaign: each row updates its recipient and gets the campaign"),
         },
         "/api/v1/batches/{batchId}": {
             "parameters": [
