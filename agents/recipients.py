@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from streamapp import metrics
-from streamapp.models import (
+from streamapp.core.keys import recipient_key
+from streamapp.core.models import (
     AppendHistory,
     BatchInfo,
     Command,
@@ -30,14 +31,13 @@ from streamapp.models import (
     decode_recipient,
     encode,
 )
-from streamapp.partitioning import recipient_key
+from streamapp.core.rules import append_history, apply_upsert, sweep_inactive
+from streamapp.kafka.gaps import OffsetTracker
+from streamapp.kafka.store import PartitionChunk
 from streamapp.sending.bounces import apply_soft_bounce
-from streamapp.sending.gaps import OffsetTracker
-from streamapp.state import append_history, apply_upsert, sweep_inactive
-from streamapp.tables.bulk import PartitionChunk
 
 if TYPE_CHECKING:
-    from streamapp.app import StreamApp
+    from streamapp.runtime import StreamApp
 
 log = logging.getLogger(__name__)
 

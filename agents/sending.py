@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from streamapp import metrics
-from streamapp.models import decode_send
+from streamapp.core.models import decode_send
 
 if TYPE_CHECKING:
-    from streamapp.app import StreamApp
+    from streamapp.runtime import StreamApp
     from streamapp.sending.engine import SendEngine
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamapp import kafka_broker
+from streamapp.devtools import kafka_broker
 from tests.fixtures import ROOT, TOKENS, WorkerPool, applied_commands, free_port
 
 HEADERS = {"Authorization": f"Bearer {TOKENS['admin']}"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.smtp_raw import wait_listening
 from tests.fixtures import WorkerPool, free_port
-from tests.streamapp.mail.fixtures import postfix_sink_command
+from tests.mail.fixtures import postfix_sink_command
 
 
 @contextmanager

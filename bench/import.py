@@ -20,7 +20,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamapp import kafka_broker
+from streamapp.devtools import kafka_broker
 from tests.fixtures import ROOT, TOKENS, WorkerPool, applied_commands, free_port
 
 IMPORT = """

@@ -34,13 +34,13 @@ from aiokafka import AIOKafkaProducer
 from bench.harness import sink_and_pool
 from bench.smtp_raw import message as raw_message
 from bench.smtp_raw import raw
-from streamapp.models import SendMessage
+from streamapp.core.models import SendMessage
+from streamapp.kafka.topics import bootstrap_servers
 from streamapp.sending import retry
 from streamapp.sending.enqueue import enqueue, enqueue_with
 from streamapp.settings import Settings
-from streamapp.topics import bootstrap_servers
 from tests.fixtures import Worker
-from tests.streamapp.sending.fixtures import add_recipients, ledger, message, settings_of, smtp_extra, write_templates
+from tests.sending.fixtures import add_recipients, ledger, message, settings_of, smtp_extra, write_templates
 
 
 def sent_total(worker: Worker, priority: str) -> float:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.smtp import SmtpPool
 from tests.fixtures import free_port
-from tests.streamapp.mail.fixtures import postfix_sink_command
+from tests.mail.fixtures import postfix_sink_command
 
 SENDER = "news@example.com"
 RECIPIENT = "ann@example.org"

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import sink_and_pool
 from streamapp.sending import retry
 from tests.fixtures import TOKENS, Worker
-from tests.streamapp.sending.fixtures import ledger, settings_of, smtp_extra, write_templates
+from tests.sending.fixtures import ledger, settings_of, smtp_extra, write_templates
 
 SENDER = {"Authorization": f"Bearer {TOKENS['sender']}"}
 

@@ -42,9 +42,9 @@ def run_worker(settings: Settings, loglevel: str = "info", dev_sink: bool = Fals
     """Run one worker (Faust app + API) until SIGINT/SIGTERM."""
     import faust
 
-    from streamapp.app import create_app
-    from streamapp.ingress.server import ApiServer
-    from streamapp.topics import TopicError, ensure_topics_sync
+    from streamapp.http.server import ApiServer
+    from streamapp.kafka.topics import TopicError, ensure_topics_sync
+    from streamapp.runtime import create_app
 
     settings.service.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -61,7 +61,7 @@ def run_worker(settings: Settings, loglevel: str = "info", dev_sink: bool = Fals
     if sa.sending is not None:
         services.append(sa.sending)
     if dev_sink:
-        from streamapp.sending.devsink import DevSink
+        from streamapp.devtools.devsink import DevSink
 
         services.append(DevSink(settings))
     worker = faust.Worker(sa.faust, *services, loglevel=loglevel, override_logging=True)
@@ -78,7 +78,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Broker (unless one answers at service.broker) plus one worker, in the foreground."""
-    from streamapp import kafka_broker
+    from streamapp.devtools import kafka_broker
 
     settings = _settings_or_exit()
     host, port = kafka_broker.parse_address(settings.service.broker)
@@ -96,7 +96,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         started_here = True
     dev_sink = settings.smtp is None
     if dev_sink:
-        from streamapp.sending.devsink import with_dev_sink
+        from streamapp.devtools.devsink import with_dev_sink
 
         settings = with_dev_sink(settings)
         print(f"no [smtp]: messages go to the local sink, Maildir {settings.service.data_dir / 'outbox'}")
@@ -109,7 +109,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from streamapp import kafka_broker
+    from streamapp.devtools import kafka_broker
 
     settings = _settings_or_exit()
     broker, data_dir = settings.service.broker, settings.service.data_dir
@@ -137,10 +137,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from streamapp.core.validation import now_iso
     from streamapp.imports.files import DropLayout
     from streamapp.imports.job import import_settings, run_import
-    from streamapp.topics import ensure_topics
-    from streamapp.validation import now_iso
+    from streamapp.kafka.topics import ensure_topics
 
     settings = _settings_or_exit()
     try:

@@ -61,7 +61,7 @@ OLDEST_QUEUED_AGE = Gauge(
 )
 SKIPPED_RECORDS = Counter(
     "streamapp_send_records_skipped",
-    "Priority-topic records that skipped the send agent and were read again (streamapp.sending.gaps)",
+    "Priority-topic records that skipped the send agent and were read again (streamapp.kafka.gaps)",
 )
 COMMAND_RECORDS_SKIPPED = Counter(
     "streamapp_command_records_skipped",

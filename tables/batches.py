@@ -1,7 +1,7 @@
 """The batches table: one BatchInfo (MessagePack) per batchId.
 
 Written only by the recipient-commands agent, from the partition the batch id names
-(streamapp.sending.ids), where the batch's sender published it; read by the batch status route
+(streamapp.core.ids), where the batch's sender published it; read by the batch status route
 from that partition's owner.
 """
 

@@ -1,7 +1,7 @@
 """The message ledger: one MessageState (MessagePack) per messageId.
 
 Written only by the send engine, from the partition of the message's recipient (the id carries
-it, see streamapp.sending.ids), so the row lives on the worker that owns the recipient and
+it, see streamapp.core.ids), so the row lives on the worker that owns the recipient and
 standby replicas and recovery work as for every other table. `app.router` cannot find a row by
 hashing its key; the message routes read the partition from the id instead.
 """

@@ -3,7 +3,7 @@
 Both are keyed by `recipient_key(database, originalId)` (raw bytes) and
 written only by the recipient-commands agent, from the partition that key
 hashes to, so `app.router` finds the owner of any key from any worker.
-Values are MessagePack bytes (see streamapp.models); `bytes` types make
+Values are MessagePack bytes (see streamapp.core.models); `bytes` types make
 Faust use its raw codec for both.
 """
 

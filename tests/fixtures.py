@@ -1,7 +1,7 @@
 """Shared fixtures: one real Kafka broker per test session, worker processes, configs.
 
 Integration tests run `streamapp worker` as a real subprocess against the
-broker that `streamapp.kafka_broker` starts; each test isolates itself with
+broker that `streamapp.devtools.kafka_broker` starts; each test isolates itself with
 its own service id (Faust app id, consumer group, topic prefix) and data dir.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from streamapp import kafka_broker
+from streamapp.devtools import kafka_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -36,15 +36,15 @@ from typing import Any
 
 import msgspec
 
+from streamapp.core.models import RecipientCommand, SweepInactive
 from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
 from streamapp.imports.files import Claim, DropLayout
 from streamapp.imports.report import ImportReport, encode_report
 from streamapp.imports.rows import convert_history, convert_recipients, plan_columns
 from streamapp.imports.send_files import SendFileTarget, seen_key, send_drops, send_file, target_of
-from streamapp.models import RecipientCommand, SweepInactive
-from streamapp.publisher import CommandPublisher, aiokafka_send
+from streamapp.kafka.publisher import CommandPublisher, aiokafka_send
+from streamapp.kafka.topics import bootstrap_servers, commands_topic
 from streamapp.settings import ImportSettings, Settings, load_settings
-from streamapp.topics import bootstrap_servers, commands_topic
 
 log = logging.getLogger(__name__)
 

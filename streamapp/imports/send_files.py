@@ -15,16 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from streamapp.core.ids import new_batch_id
+from streamapp.core.models import BatchInfo
 from streamapp.imports.campaign_names import parse_campaign_name
 from streamapp.imports.csvreader import FileRejected
 from streamapp.imports.files import Claim
 from streamapp.imports.report import ImportReport
-from streamapp.models import BatchInfo
-from streamapp.publisher import Send
+from streamapp.kafka.publisher import Send
 from streamapp.sending import retry
 from streamapp.sending.batch_rows import IDENTITY, read_rows
 from streamapp.sending.batches import BatchSender, NothingAccepted, SendTarget, send_rows
-from streamapp.sending.ids import new_batch_id
 from streamapp.settings import ImportSettings, Settings
 
 #: A send file is taken once its size has not changed this long.

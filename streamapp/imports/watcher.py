@@ -23,11 +23,11 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from streamapp import metrics
+from streamapp.core.validation import now_iso
 from streamapp.imports.files import Claim, DropLayout, SettleTracker, scan, worker_tag
 from streamapp.imports.job import LOCKED, RESULT_PREFIX, watched
 from streamapp.imports.report import ImportReport, decode_report
 from streamapp.settings import ImportSettings, Settings
-from streamapp.validation import now_iso
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ MIME-Version, List-Unsubscribe-Post) are encoded once, the Date once per second,
 bodies go through the C codecs of `binascii` (quoted-printable or base64). The result is a
 multipart/alternative (text/plain, then text/html) in UTF-8 with CRLF line ends, every line at
 most 998 bytes (RFC 5322), which `email.message_from_bytes` reads back without defects
-(tests/streamapp/mail/test_mime.py).
+(tests/mail/test_mime.py).
 
 Addresses must be ASCII in the local part (no SMTPUTF8); an internationalised domain is sent
 as IDNA ("punycode"). Every header value is checked for CR/LF, so recipient data cannot inject

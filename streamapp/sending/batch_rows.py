@@ -20,11 +20,11 @@ import ijson
 import msgspec
 from ijson.common import ObjectBuilder
 
+from streamapp.core.models import RowError, UpsertRecipient
+from streamapp.core.validation import parse_recipient
 from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
 from streamapp.imports.rows import convert_recipients, plan_columns
-from streamapp.models import RowError, UpsertRecipient
 from streamapp.settings import DatabaseSettings, ImportSettings
-from streamapp.validation import parse_recipient
 
 Format = Literal["csv", "ndjson", "json"]
 CHUNK_ROWS = 2000

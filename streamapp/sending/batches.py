@@ -21,15 +21,15 @@ from typing import Any, Literal
 
 import msgspec
 
+from streamapp.core.ids import batch_message_id, batch_partition, messages_topic, new_batch_id
+from streamapp.core.keys import partitions_for, recipient_key
+from streamapp.core.models import BatchInfo, Priority, RowError, SendMessage, UpsertRecipient, encode
+from streamapp.core.validation import now_iso
 from streamapp.imports.csvreader import FileRejected
-from streamapp.models import BatchInfo, Priority, RowError, SendMessage, UpsertRecipient, encode
-from streamapp.partitioning import partitions_for, recipient_key
-from streamapp.publisher import CommandPublisher, Send
+from streamapp.kafka.publisher import CommandPublisher, Send
+from streamapp.kafka.topics import commands_topic
 from streamapp.sending.batch_rows import RowChunk
-from streamapp.sending.ids import batch_message_id, batch_partition, messages_topic, new_batch_id
 from streamapp.settings import CampaignSettings, Settings, TriggerSettings
-from streamapp.topics import commands_topic
-from streamapp.validation import now_iso
 
 #: Row errors listed in a batch's status (the count is always complete), and their length.
 MAX_ERRORS = 1000

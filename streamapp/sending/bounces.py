@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from streamapp.models import Recipient, SoftBounce
+from streamapp.core.models import Recipient, SoftBounce
 
 #: Soft bounces in a row that make a recipient bounced.
 SOFT_BOUNCE_LIMIT = 5

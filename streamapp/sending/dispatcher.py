@@ -19,7 +19,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
-from streamapp.models import PRIORITIES, Priority
+from streamapp.core.models import PRIORITIES, Priority
 from streamapp.sending.pipeline import Job
 
 log = logging.getLogger(__name__)

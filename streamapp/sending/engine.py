@@ -19,23 +19,23 @@ from aiokafka import TopicPartition
 from mode import Service
 
 from streamapp import metrics
+from streamapp.core.ids import messages_topic
+from streamapp.core.models import PRIORITIES, Priority, RecipientCommand, SendMessage
+from streamapp.kafka.gaps import OffsetTracker, read_range
+from streamapp.kafka.topics import bootstrap_servers
 from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.smtp import SmtpPool
 from streamapp.mail.templates import TemplateStore
 from streamapp.mail.unsubscribe import load_or_create_secret
-from streamapp.models import PRIORITIES, Priority, RecipientCommand, SendMessage
 from streamapp.sending import retry
 from streamapp.sending.dispatcher import Dispatcher
-from streamapp.sending.gaps import OffsetTracker, read_range
-from streamapp.sending.ids import messages_topic
 from streamapp.sending.ledger import Ledger
 from streamapp.sending.pipeline import Job, Pipeline
 from streamapp.sending.schedule import Schedule
 from streamapp.settings import Settings
-from streamapp.topics import bootstrap_servers
 
 if TYPE_CHECKING:
-    from streamapp.app import StreamApp
+    from streamapp.runtime import StreamApp
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class SendEngine(Service):  # type: ignore[misc]
         self.dispatcher.submit(Job(command, message.partition, event))
 
     def _read_again(self, tp: Any, start: int, end: int) -> None:
-        """Offsets [start, end) never reached the agent: read them ourselves (streamapp.sending.gaps)."""
+        """Offsets [start, end) never reached the agent: read them ourselves (streamapp.kafka.gaps)."""
         log.error("%s: offsets %d..%d skipped on the way in; reading them again", tp, start, end - 1)
         metrics.SKIPPED_RECORDS.inc(end - start)
 

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from streamapp.models import SendMessage, encode
-from streamapp.partitioning import partition_for, recipient_key
-from streamapp.publisher import Send, aiokafka_send
-from streamapp.sending.ids import messages_topic, partition_of
+from streamapp.core.ids import messages_topic, partition_of
+from streamapp.core.keys import partition_for, recipient_key
+from streamapp.core.models import SendMessage, encode
+from streamapp.kafka.publisher import Send, aiokafka_send
+from streamapp.kafka.topics import bootstrap_servers
 from streamapp.settings import Settings
-from streamapp.topics import bootstrap_servers
 
 
 def partition_of_message(message: SendMessage, partitions: int) -> int:

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streamapp.models import IdempotencyRecord, decode_idempotency, encode
-from streamapp.partitioning import partition_for
+from streamapp.core.keys import partition_for
+from streamapp.core.models import IdempotencyRecord, decode_idempotency, encode
+from streamapp.kafka.store import put_durably
 from streamapp.sending import retry
-from streamapp.tables.bulk import put_durably
 
 #: How long a key gives back its first message (SPEC §4).
 KEY_LIFETIME = timedelta(hours=24)

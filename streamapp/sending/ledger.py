@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
-from streamapp.models import MessageState, decode_state, encode
-from streamapp.sending.ids import batch_prefix
-from streamapp.tables.bulk import put_durably
+from streamapp.core.ids import batch_prefix
+from streamapp.core.models import MessageState, decode_state, encode
+from streamapp.kafka.store import put_durably
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Ledger:
         await put_durably(self.app, self.table, partition, state.messageId.encode(), encode(state))
 
     def count_batch(self, partition: int, batch_id: str, database: Callable[[str], bool]) -> Counter[str]:
-        """Statuses of a batch's messages in this partition (one range of keys, streamapp.sending.ids),
+        """Statuses of a batch's messages in this partition (one range of keys, streamapp.core.ids),
         counting only rows of databases for which `database(name)` holds."""
         prefix = batch_prefix(partition, batch_id)
         counts: Counter[str] = Counter()

@@ -20,11 +20,8 @@ from typing import Any
 import msgspec
 
 from streamapp import metrics
-from streamapp.mail.mime import MimeBuilder, MimeError
-from streamapp.mail.smtp import SmtpOutcome
-from streamapp.mail.templates import RenderError, TemplateStore
-from streamapp.mail.unsubscribe import make_token
-from streamapp.models import (
+from streamapp.core.keys import recipient_key
+from streamapp.core.models import (
     FINAL_STATUSES,
     WAITING_STATUSES,
     MessageState,
@@ -37,7 +34,10 @@ from streamapp.models import (
     decode_history,
     decode_recipient,
 )
-from streamapp.partitioning import recipient_key
+from streamapp.mail.mime import MimeBuilder, MimeError
+from streamapp.mail.smtp import SmtpOutcome
+from streamapp.mail.templates import RenderError, TemplateStore
+from streamapp.mail.unsubscribe import make_token
 from streamapp.sending import retry
 from streamapp.sending.ledger import Ledger
 from streamapp.settings import SmtpSettings

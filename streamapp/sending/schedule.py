@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from streamapp.models import PRIORITIES, MessageState, Priority
+from streamapp.core.models import PRIORITIES, MessageState, Priority
 from streamapp.sending import retry
 
 

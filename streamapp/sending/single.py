@@ -18,12 +18,12 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from streamapp.ingress.errors import unprocessable
-from streamapp.models import SendMessage, UpsertRecipient
+from streamapp.core.ids import message_id_for
+from streamapp.core.models import SendMessage, UpsertRecipient
+from streamapp.core.validation import FieldError, check_attributes, check_email, check_original_id, parse_datetime
+from streamapp.http.errors import unprocessable
 from streamapp.sending.batch_rows import MAX_DEPTH, nesting_depth
-from streamapp.sending.ids import message_id_for
 from streamapp.settings import DatabaseSettings, TriggerSettings
-from streamapp.validation import FieldError, check_attributes, check_email, check_original_id, parse_datetime
 
 FIELDS = frozenset({"originalId", "email", "properties", "saveProps", "deliveryTime", "idempotencyKey"})
 MAX_KEY = 256

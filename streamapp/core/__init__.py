@@ -1,0 +1,1 @@
+"""Pure rules and records: no Faust, no aiohttp, no I/O (docs/architecture.md)."""

@@ -1,0 +1,72 @@
+"""How commands change a recipient and its history: pure functions.
+
+Kept apart from the agent so the rules of SPEC §3 (partial upserts, sticky
+unsubscribe/bounce, history order) are unit-tested without Kafka.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from streamapp.core.models import HistoryRecord, Recipient, UpsertRecipient
+
+#: Newest records kept per recipient: one table value holds the whole list,
+#: and Kafka caps a changelog record at 1 MB.
+HISTORY_LIMIT = 1000
+
+
+def apply_upsert(current: Recipient | None, command: UpsertRecipient, seq: int = 0) -> Recipient:
+    """Touch only the fields the command carries; a command older than the state is skipped."""
+    if current is None:
+        return _new_recipient(command, seq)
+    if (seq and current.seq >= seq) or command.createOnly:
+        return current  # replayed after a crash (its effect is there), or only meant to create
+    changes: dict[str, object] = {"updatedAt": max(current.updatedAt, command.at), "seq": max(current.seq, seq)}
+    if command.email is not msgspec.UNSET:
+        changes["email"] = command.email
+    if command.attributes is not msgspec.UNSET:
+        merged = dict(current.attributes)
+        for name, value in command.attributes.items():
+            if value is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+        changes["attributes"] = merged
+    if command.status is not msgspec.UNSET:
+        changes["status"] = command.status
+        if command.status == "active":
+            changes["softBounces"] = 0
+    elif command.reactivate and current.status == "inactive":
+        changes["status"] = "active"
+    return msgspec.structs.replace(current, **changes)
+
+
+def _new_recipient(command: UpsertRecipient, seq: int) -> Recipient:
+    """The common case of a bulk import, built in one step (no merge, no copy)."""
+    attributes = command.attributes
+    return Recipient(
+        originalId=command.originalId,
+        email=command.emailIfNew if command.email is msgspec.UNSET else command.email,
+        attributes={} if attributes is msgspec.UNSET else {k: v for k, v in attributes.items() if v is not None},
+        status="active" if command.status is msgspec.UNSET else command.status,
+        createdAt=command.at,
+        updatedAt=command.at,
+        seq=seq,
+    )
+
+
+def sweep_inactive(current: Recipient, before: str, seq: int = 0) -> Recipient | None:
+    """The recipient made inactive by a replace import's sweep, or None if untouched."""
+    if current.status != "active" or current.updatedAt >= before or (seq and current.seq >= seq):
+        return None
+    return msgspec.structs.replace(current, status="inactive", updatedAt=before, seq=max(current.seq, seq))
+
+
+def append_history(current: list[HistoryRecord], records: list[HistoryRecord]) -> list[HistoryRecord]:
+    """Newest first (times are UTC ISO strings), at most HISTORY_LIMIT kept; known ids are skipped."""
+    known = {r.id for r in current}
+    new = [r for r in records if r.id not in known]
+    if not new:
+        return current
+    merged = sorted([*new, *current], key=lambda r: r.time, reverse=True)
+    return merged[:HISTORY_LIMIT]

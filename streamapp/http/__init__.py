@@ -1,0 +1,1 @@
+"""Every HTTP route, its middleware, auth, errors and bodies (SPEC §4)."""

@@ -1,0 +1,109 @@
+"""`GET /api/v1/batches/{batchId}` (scope `send`): what a batch accepted and where its messages are.
+
+The BatchInfo lives in the `batches` partition the id names; the request goes to that
+partition's owner, which adds up the batch's ledger rows of every `messages` partition: its own
+by a prefix scan (a batch's message ids share a prefix per partition, streamapp.core.ids),
+the others' by asking their owners with `?partitions=` (same token). `queued` is what has no
+ledger row yet; the counts converge to the total as messages are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from streamapp.core.ids import batch_partition
+from streamapp.core.models import decode_batch_info
+from streamapp.core.validation import FieldError
+from streamapp.http.auth import Authenticator, require_database
+from streamapp.http.errors import json_response, not_found, unavailable, unprocessable
+from streamapp.http.forwarding import FORWARDED, OwnerRouter
+from streamapp.runtime import StreamApp
+from streamapp.sending.ledger import Ledger
+from streamapp.tables.batches import BATCHES
+from streamapp.tables.messages import MESSAGES
+
+STATUSES = ("scheduled", "sent", "deferred", "failed", "suppressed")
+
+
+class BatchRoutes:
+    def __init__(self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
+        self.sa = sa
+        self.auth = auth
+        self.owners = owners
+        self.ledger = Ledger(sa.faust, sa.messages)
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/batches/{batchId}", self.get_batch)
+
+    async def get_batch(self, request: web.Request) -> web.Response:
+        token = self.auth.require(request, "send")
+        batch_id = request.match_info["batchId"]
+        partition = batch_partition(batch_id)
+        if partition is None or partition >= self.sa.settings.service.partitions:
+            raise not_found(f"batch {batch_id!r}")
+        if "partitions" in request.query:  # another worker asks for the counts of its partitions
+            counts = self._local_counts(batch_id, self._partitions(request), token.allows_database)
+            return json_response({"counts": counts})
+        owner = self.owners.owner_of_partition(BATCHES, partition)
+        if owner is not None:
+            return await self.owners.forward(request, owner)
+        raw = self.sa.batches.data._db_for_partition(partition).get(batch_id.encode())
+        if raw is None:
+            raise not_found(f"batch {batch_id!r} (or it is still being accepted)")
+        info = decode_batch_info(raw)
+        require_database(token, info.database)
+        counts = await self._counts(request, batch_id, token.allows_database)
+        view = info.public()
+        processed = sum(counts.values())
+        view.update({"queued": max(0, info.total - processed), **{s: counts.get(s, 0) for s in STATUSES}})
+        return self.owners.served_here(json_response(view))
+
+    def _partitions(self, request: web.Request) -> list[int]:
+        try:
+            wanted = [int(p) for p in request.query["partitions"].split(",") if p]
+        except ValueError:
+            raise unprocessable([FieldError("/query/partitions", "must be partition numbers")]) from None
+        return wanted
+
+    def _local_counts(self, batch_id: str, partitions: list[int], allowed: Callable[[str], bool]) -> dict[str, int]:
+        """Counts of this worker's partitions, of rows the token may see (a token limited to other
+        databases asking with `?partitions=` directly learns nothing)."""
+        counts: Counter[str] = Counter()
+        for partition in partitions:
+            if self.owners.owner_of_partition(MESSAGES, partition) is not None:
+                raise unavailable(f"partition {partition} moved")
+            counts.update(self.ledger.count_batch(partition, batch_id, allowed))
+        return dict(counts)
+
+    async def _counts(self, request: web.Request, batch_id: str, allowed: Callable[[str], bool]) -> Counter[str]:
+        remote: dict[URL, list[int]] = defaultdict(list)
+        local: list[int] = []
+        for partition in range(self.sa.settings.service.partitions):
+            owner = self.owners.owner_of_partition(MESSAGES, partition)
+            if owner is None:
+                local.append(partition)
+            else:
+                remote[owner].append(partition)
+        counts = Counter(self._local_counts(batch_id, local, allowed))
+        answers = await asyncio.gather(*(self._ask(request, url, batch_id, ps) for url, ps in remote.items()))
+        for answer in answers:
+            counts.update(answer)
+        return counts
+
+    async def _ask(self, request: web.Request, owner: URL, batch_id: str, partitions: list[int]) -> dict[str, int]:
+        url = owner.with_path(f"/api/v1/batches/{batch_id}").with_query(partitions=",".join(map(str, partitions)))
+        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: "1"}
+        try:
+            async with self.owners.session.get(url, headers=headers) as reply:
+                if reply.status != 200:
+                    raise unavailable(f"counts of partitions {partitions} not available ({reply.status})")
+                body = await reply.json()
+                return dict(body["counts"])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise unavailable(f"owner of partitions {partitions} unreachable: {exc}") from None

@@ -1,0 +1,173 @@
+"""Routes for databases, recipients and history (SPEC §4).
+
+Writes are validated against the database schema, published to Kafka and
+answered 202 once Kafka acknowledged them; the agent applies them in order.
+Reads go to the worker that owns the recipient's partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from streamapp import metrics
+from streamapp.core.keys import recipient_key
+from streamapp.core.models import DeleteRecipient, RecipientCommand, decode_history, decode_recipient
+from streamapp.core.validation import FieldError, check_original_id, now_iso, parse_history, parse_recipient
+from streamapp.http.auth import Authenticator, require_database
+from streamapp.http.bodies import parse_items, parse_json, read_limited
+from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
+from streamapp.http.forwarding import OwnerRouter
+from streamapp.runtime import StreamApp
+from streamapp.settings import DatabaseSettings
+from streamapp.tables.recipients import HISTORY, RECIPIENTS
+
+MAX_BATCH = 10_000
+
+#: Validates one item of a batch body at its JSON path.
+ParseItem = Callable[[Any, str], tuple[RecipientCommand | None, list[FieldError]]]
+
+
+class RecipientRoutes:
+    def __init__(self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
+        self.sa = sa
+        self.settings = sa.settings
+        self.auth = auth
+        self.owners = owners
+
+    def add_to(self, app: web.Application) -> None:
+        base = "/api/v1/databases"
+        app.router.add_get(base, self.list_databases)
+        app.router.add_put(base + "/{db}/recipients/{originalId}", self.put_recipient)
+        app.router.add_post(base + "/{db}/recipients", self.post_recipients)
+        app.router.add_get(base + "/{db}/recipients/{originalId}", self.get_recipient)
+        app.router.add_delete(base + "/{db}/recipients/{originalId}", self.delete_recipient)
+        app.router.add_post(base + "/{db}/history", self.post_history)
+        app.router.add_get(base + "/{db}/recipients/{originalId}/history", self.get_history)
+
+    # -- helpers -----------------------------------------------------------
+
+    def _database(self, request: web.Request, scope: str) -> DatabaseSettings:
+        token = self.auth.require(request, scope)
+        name = request.match_info["db"]
+        db = self.settings.databases.get(name)
+        if db is None:
+            raise not_found(f"database {name!r}")
+        require_database(token, name)
+        return db
+
+    def _original_id(self, request: web.Request) -> str:
+        original_id = request.match_info["originalId"]
+        errors = check_original_id(original_id, "/originalId")
+        if errors:
+            raise unprocessable(errors, "invalid originalId")
+        return original_id
+
+    async def _publish(self, db: DatabaseSettings, commands: list[RecipientCommand], source: str) -> None:
+        await self.sa.publisher.publish(commands)
+        metrics.INGEST_ROWS.labels(database=db.name, source=source, outcome="accepted").inc(len(commands))
+
+    async def _items(self, request: web.Request) -> list[Any]:
+        data = await read_limited(request, self.settings.service.max_body_bytes)
+        items = parse_items(data, request.content_type)
+        if len(items) > MAX_BATCH:
+            raise ApiError(413, f"{len(items)} items exceed the limit of {MAX_BATCH} per request")
+        return items
+
+    async def _accept_all(self, db: DatabaseSettings, items: list[Any], parse: ParseItem, what: str) -> web.Response:
+        """A batch body is all or nothing: 422 listing every bad field, else publish and 202."""
+        commands: list[RecipientCommand] = []
+        errors: list[FieldError] = []
+        for index, item in enumerate(items):
+            command, item_errors = parse(item, f"/{index}")
+            if command is None:
+                errors += item_errors
+            else:
+                commands.append(command)
+        if errors:
+            metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc(len(items))
+            raise unprocessable(errors, f"invalid {what}: nothing was accepted")
+        await self._publish(db, commands, "api")
+        return json_response({"accepted": len(commands)}, status=202)
+
+    # -- handlers ----------------------------------------------------------
+
+    async def list_databases(self, request: web.Request) -> web.Response:
+        token = self.auth.require(request, "recipients:read")
+        databases = [
+            {
+                "name": db.name,
+                "autoCreateAttributes": db.auto_create_attributes,
+                "attributes": dict(db.attributes),
+            }
+            for db in self.settings.databases.values()
+            if token.allows_database(db.name)
+        ]
+        return json_response({"databases": databases, "historyTypes": list(self.settings.history_types)})
+
+    async def put_recipient(self, request: web.Request) -> web.Response:
+        db = self._database(request, "recipients:write")
+        original_id = self._original_id(request)
+        body = parse_json(await read_limited(request, self.settings.service.max_body_bytes))
+        command, errors = parse_recipient(
+            db, body, at=now_iso(), zone=self.settings.service.zone, original_id=original_id
+        )
+        if command is None:
+            metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc()
+            raise unprocessable(errors)
+        await self._publish(db, [command], "api")
+        return json_response({"originalId": original_id, "accepted": 1}, status=202)
+
+    async def post_recipients(self, request: web.Request) -> web.Response:
+        db = self._database(request, "recipients:write")
+        at, zone = now_iso(), self.settings.service.zone
+
+        def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
+            return parse_recipient(db, item, at=at, zone=zone, path=path, allow_status=False)
+
+        return await self._accept_all(db, await self._items(request), parse, "recipients")
+
+    async def get_recipient(self, request: web.Request) -> web.Response:
+        db = self._database(request, "recipients:read")
+        original_id = self._original_id(request)
+        key = recipient_key(db.name, original_id)
+        owner = self.owners.owner(RECIPIENTS, key)
+        if owner is not None:
+            return await self.owners.forward(request, owner)
+        raw = self.sa.recipients.get(key)
+        if raw is None:
+            raise not_found(f"recipient {original_id!r} in database {db.name!r}")
+        return self.owners.served_here(json_response(decode_recipient(raw).public()))
+
+    async def delete_recipient(self, request: web.Request) -> web.Response:
+        db = self._database(request, "recipients:write")
+        original_id = self._original_id(request)
+        await self._publish(db, [DeleteRecipient(database=db.name, originalId=original_id)], "api")
+        return json_response({"originalId": original_id, "deleted": True}, status=202)
+
+    async def post_history(self, request: web.Request) -> web.Response:
+        db = self._database(request, "recipients:write")
+        at, zone, types = now_iso(), self.settings.service.zone, self.settings.history_types
+
+        def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
+            return parse_history(db, item, types=types, at=at, zone=zone, path=path)
+
+        return await self._accept_all(db, await self._items(request), parse, "history records")
+
+    async def get_history(self, request: web.Request) -> web.Response:
+        db = self._database(request, "recipients:read")
+        original_id = self._original_id(request)
+        wanted = request.query.get("type")
+        if wanted is not None and wanted not in self.settings.history_types:
+            raise unprocessable([FieldError("/query/type", "unknown history type")])
+        key = recipient_key(db.name, original_id)
+        owner = self.owners.owner(HISTORY, key)
+        if owner is not None:
+            return await self.owners.forward(request, owner)
+        raw = self.sa.history.get(key)
+        records = decode_history(raw) if raw is not None else []
+        if wanted is not None:
+            records = [r for r in records if r.type == wanted]
+        return self.owners.served_here(json_response({"originalId": original_id, "records": records}))

@@ -1,0 +1,211 @@
+"""Routes that make streamapp send (SPEC §4, scope `send`).
+
+- `POST /api/v1/triggers/{trigger}/messages`: one transactional message (streamapp.sending.single),
+  idempotent with a key (streamapp.sending.idempotency);
+- `POST /api/v1/triggers/{trigger}/batches`: batch transactional, at `batch` priority;
+- `POST /api/v1/campaigns/{campaign}/sends?sendTime=`: a campaign to the body's rows.
+
+Batch bodies (CSV, NDJSON, a JSON array) are spooled to `<data_dir>/spool/` as they arrive, then
+read in chunks (streamapp.sending.batch_rows): a 100 MB body is never held in memory. The
+answer, 202 with the batch id and the counts, comes once every message is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from aiohttp import web
+
+from streamapp import metrics
+from streamapp.core.models import BatchInfo, IdempotencyRecord, SendMessage, UpsertRecipient
+from streamapp.core.validation import FieldError, now_iso, parse_datetime
+from streamapp.http.auth import Authenticator, require_database
+from streamapp.http.bodies import NDJSON_TYPES, parse_json, read_limited
+from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
+from streamapp.http.forwarding import OwnerRouter
+from streamapp.kafka.publisher import faust_send
+from streamapp.runtime import StreamApp
+from streamapp.sending import retry
+from streamapp.sending.batch_rows import Format, read_rows
+from streamapp.sending.batches import BatchInterrupted, BatchSender, NothingAccepted, SendTarget, send_rows
+from streamapp.sending.enqueue import publish_messages
+from streamapp.sending.idempotency import IdempotencyKeys, scoped_key
+from streamapp.sending.single import SingleRequest, build_commands, parse_single
+from streamapp.settings import CampaignSettings, TokenSettings, TriggerSettings
+from streamapp.tables.idempotency import IDEMPOTENCY
+
+log = logging.getLogger(__name__)
+
+CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+#: Row errors shown in the 202 answer; GET /api/v1/batches/{id} lists up to 1,000.
+ERRORS_IN_ANSWER = 100
+
+
+Sent = TypeVar("Sent", TriggerSettings, CampaignSettings)
+
+
+def body_format(content_type: str) -> Format:
+    if content_type in CSV_TYPES:
+        return "csv"
+    if content_type in NDJSON_TYPES:
+        return "ndjson"
+    return "json"
+
+
+class TriggerRoutes:
+    def __init__(self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
+        self.sa = sa
+        self.settings = sa.settings
+        self.auth = auth
+        self.owners = owners
+        self.keys = IdempotencyKeys(sa.faust, sa.idempotency, sa.settings.service.partitions)
+        self.spool = sa.settings.service.data_dir / "spool"
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_post("/api/v1/triggers/{trigger}/messages", self.post_message)
+        app.router.add_post("/api/v1/triggers/{trigger}/batches", self.post_trigger_batch)
+        app.router.add_post("/api/v1/campaigns/{campaign}/sends", self.post_campaign_sends)
+        app.on_startup.append(self._clear_spool)
+
+    async def _clear_spool(self, app: web.Application) -> None:
+        """Bodies spooled by a previous run were never answered 202: their clients retry."""
+        shutil.rmtree(self.spool, ignore_errors=True)
+        self.spool.mkdir(parents=True, exist_ok=True)
+
+    def _configured(
+        self, request: web.Request, what: str, configured: Mapping[str, Sent]
+    ) -> tuple[TokenSettings, Sent]:
+        """The token (scope `send`, allowed the database) and the trigger or campaign the path names."""
+        token = self.auth.require(request, "send")
+        name = request.match_info[what]
+        found = configured.get(name)
+        if found is None:
+            raise not_found(f"{what} {name!r}")
+        require_database(token, found.database)
+        return token, found
+
+    # -- one message -------------------------------------------------------------------------
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        token, trigger = self._configured(request, "trigger", self.settings.triggers)
+        data = await read_limited(request, self.settings.service.max_body_bytes)
+        db = self.settings.databases[trigger.database]
+        single = parse_single(parse_json(data), db, self.settings.service.zone, request.headers.get("Idempotency-Key"))
+        if single.idempotency_key is None:
+            upsert, message = build_commands(single, trigger, self.settings.service.partitions, now_iso())
+            await self._publish(upsert, message)
+            return json_response({"messageId": message.messageId}, status=202)
+        key = scoped_key(token.name, trigger.name, single.idempotency_key)
+        owner = self.owners.owner_of_partition(IDEMPOTENCY, self.keys.partition(key))
+        if owner is not None:
+            return await self.owners.forward(request, owner, body=data)
+        return self.owners.served_here(await self._idempotent(key, single, trigger))
+
+    async def _idempotent(self, key: bytes, single: SingleRequest, trigger: TriggerSettings) -> web.Response:
+        async with self.keys.locked(key):
+            record = self.keys.get(key)
+            if record is not None and record.bodyHash != single.body_hash:
+                raise ApiError(409, "idempotency key already used with another body in the last 24 hours")
+            replayed = record is not None and record.published  # else this call does the publishing
+            if record is None:
+                upsert, message = build_commands(single, trigger, self.settings.service.partitions, now_iso())
+                record = IdempotencyRecord(
+                    bodyHash=single.body_hash, messageId=message.messageId, createdAt=message.enqueuedAt,
+                    upsert=upsert, message=message,
+                )  # fmt: skip
+                await self.keys.put(key, record)
+            if not record.published:
+                await self._publish(record.upsert, record.message)
+                record.published = True
+                await self.keys.put(key, record)
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+        return json_response({"messageId": record.messageId}, status=202, headers=headers)
+
+    async def _publish(self, upsert: UpsertRecipient, message: SendMessage) -> None:
+        """Upsert first (created before the message is read, most of the time), both acknowledged."""
+        pending = await self.sa.publisher.enqueue([upsert])
+        await publish_messages(faust_send(self.sa.faust.producer), self.settings, [message])
+        for ack in pending:
+            await ack
+        metrics.INGEST_ROWS.labels(database=message.database, source="api", outcome="accepted").inc()
+
+    # -- batches -----------------------------------------------------------------------------
+
+    async def post_trigger_batch(self, request: web.Request) -> web.Response:
+        _, trigger = self._configured(request, "trigger", self.settings.triggers)
+        return await self._batch(request, SendTarget.trigger(trigger), send_time=None)
+
+    async def post_campaign_sends(self, request: web.Request) -> web.Response:
+        _, campaign = self._configured(request, "campaign", self.settings.campaigns)
+        return await self._batch(request, SendTarget.campaign(campaign), send_time=self._send_time(request))
+
+    def _send_time(self, request: web.Request) -> str | None:
+        """`?sendTime=` as UTC ISO; absent or past means now (None)."""
+        raw = request.query.get("sendTime")
+        if raw is None:
+            return None
+        parsed = parse_datetime(raw, self.settings.service.zone)
+        if parsed is None:
+            raise unprocessable([FieldError("/query/sendTime", "must be an ISO 8601 date-time")])
+        return retry.iso(parsed) if parsed > datetime.now(UTC) else None
+
+    async def _batch(self, request: web.Request, target: SendTarget, send_time: str | None) -> web.Response:
+        db = self.settings.databases[target.database]
+        path = await self._spool_body(request)
+        try:
+            sender = BatchSender(self.settings, target, faust_send(self.sa.faust.producer), source="api",
+                                 send_time=send_time)  # fmt: skip
+            rows = read_rows(path, body_format(request.content_type), db, self.settings.service.zone, now_iso())
+            try:
+                info = await send_rows(sender, rows)
+            except NothingAccepted as exc:
+                raise unprocessable([FieldError("/", str(exc))], "nothing was accepted") from None
+            except BatchInterrupted as exc:
+                log.exception("batch %s interrupted", exc.batch_id)
+                raise ApiError(503, f"{exc}; see GET /api/v1/batches/{exc.batch_id} before retrying") from None
+        finally:
+            path.unlink(missing_ok=True)
+        record_batch_metrics(info)
+        return json_response(batch_answer(info), status=202)
+
+    async def _spool_body(self, request: web.Request) -> Path:
+        """Write the body to disk as it arrives; 413 past `service.max_batch_bytes`."""
+        limit = self.settings.service.max_batch_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        self.spool.mkdir(parents=True, exist_ok=True)
+        path = self.spool / f"{uuid.uuid4().hex}.body"
+        size = 0
+        try:
+            with path.open("wb") as f:
+                async for chunk in request.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, f"body exceeds the limit of {limit} bytes")
+                    f.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+
+def batch_answer(info: BatchInfo) -> dict[str, object]:
+    return {
+        "batchId": info.batchId,
+        "accepted": info.total,
+        "rejected": info.rejected,
+        "errors": info.public().get("errors", [])[:ERRORS_IN_ANSWER],
+        "ignoredColumns": info.ignoredColumns,
+    }
+
+
+def record_batch_metrics(info: BatchInfo) -> None:
+    source = "api" if info.source == "api" else f"file:{info.kind}"
+    metrics.INGEST_ROWS.labels(database=info.database, source=source, outcome="accepted").inc(info.total)
+    metrics.INGEST_ROWS.labels(database=info.database, source=source, outcome="rejected").inc(info.rejected)

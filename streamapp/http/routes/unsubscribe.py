@@ -1,0 +1,69 @@
+"""`GET /u/{token}` (a confirmation page) and `POST /u/{token}` (RFC 8058 one-click unsubscribe).
+
+No authentication: the HMAC token is the authority (streamapp.mail.unsubscribe). A forged or
+altered token is 404 and changes nothing. The POST answers 200 with a short page, never a
+redirect (RFC 8058 §3.2: mail providers POST `List-Unsubscribe=One-Click` and follow nothing),
+once Kafka acknowledged the `unsubscribed` upsert of the recipient. The GET page changes
+nothing (link scanners prefetch GETs); its button POSTs to the same URL.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from streamapp.core.models import RecipientCommand, UpsertRecipient
+from streamapp.core.validation import now_iso
+from streamapp.mail.unsubscribe import UnsubscribeTarget, read_token
+
+Publish = Callable[[list[RecipientCommand]], Awaitable[None]]
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{title}</title></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    text = _PAGE.format(title=html.escape(title), body=body)
+    return web.Response(text=text, status=status, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+class UnsubscribeRoutes:
+    def __init__(self, publish: Publish, secret: bytes) -> None:
+        self.publish = publish
+        self.secret = secret
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/u/{token}", self.confirm_page)
+        app.router.add_post("/u/{token}", self.unsubscribe)
+
+    def _target(self, request: web.Request) -> UnsubscribeTarget:
+        target = read_token(self.secret, request.match_info["token"])
+        if target is None:
+            raise web.HTTPNotFound(text="unknown unsubscribe link")
+        return target
+
+    async def confirm_page(self, request: web.Request) -> web.Response:
+        self._target(request)
+        action = html.escape(request.rel_url.path, quote=True)
+        form = (
+            f'<form method="post" action="{action}">'
+            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe</button></form>'
+        )
+        return _page("Unsubscribe", f"<p>Stop receiving these e-mails?</p>{form}")
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        target = self._target(request)
+        command = UpsertRecipient(
+            database=target.database, originalId=target.original_id, at=now_iso(), status="unsubscribed"
+        )
+        await self.publish([command])
+        return _page("Unsubscribed", "<p>You will not receive these e-mails any more.</p>")

@@ -1,0 +1,115 @@
+"""The worker's HTTP server: an aiohttp app run as a mode.Service beside Faust.
+
+Faust's own web server is disabled (its built-in routes expose tables and
+the router); this one serves only the routes of SPEC §4.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streamapp import metrics
+from streamapp.http.auth import Authenticator
+from streamapp.http.errors import ApiError, json_response
+from streamapp.http.forwarding import OwnerRouter
+from streamapp.http.openapi import openapi_document
+from streamapp.http.routes.recipients import RecipientRoutes
+from streamapp.runtime import StreamApp
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def route_template(request: web.Request) -> str:
+    """The matched route's template, never the raw path (no recipient data in labels)."""
+    route = request.match_info.route
+    if isinstance(route, web.ResourceRoute):
+        return route.resource.canonical if route.resource else "unmatched"
+    return "unmatched"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request; turn ApiError and crashes into JSON."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = exc.response()
+    except web.HTTPException as exc:
+        kept = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        response = json_response({"error": exc.reason}, status=exc.status, headers=kept)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = json_response({"error": "internal error"}, status=500)
+    route = route_template(request)
+    metrics.HTTP_REQUESTS.labels(route=route, code=str(response.status)).inc()
+    metrics.HTTP_DURATION.labels(route=route).observe(time.perf_counter() - started)
+    return response
+
+
+def build_web_app(sa: StreamApp, owners: OwnerRouter) -> web.Application:
+    app = web.Application(middlewares=[observe], client_max_size=sa.settings.service.max_body_bytes + 1)
+    document = openapi_document(sa.settings)
+
+    async def healthz(request: web.Request) -> web.Response:
+        ready = sa.is_ready()
+        return json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(request: web.Request) -> web.Response:
+        return json_response(document)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/api/v1/openapi.json", openapi)
+    auth = Authenticator(sa.settings.tokens)
+    RecipientRoutes(sa, auth, owners).add_to(app)
+    if sa.sending is not None:
+        _add_sending_routes(app, sa, auth, owners)
+    return app
+
+
+def _add_sending_routes(app: web.Application, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
+    """Triggers, campaigns, message and batch status, the unsubscribe page (docs/sending.md)."""
+    from streamapp.http.routes.batches import BatchRoutes
+    from streamapp.http.routes.messages import MessageRoutes
+    from streamapp.http.routes.triggers import TriggerRoutes
+    from streamapp.http.routes.unsubscribe import UnsubscribeRoutes
+    from streamapp.sending.engine import unsubscribe_secret
+
+    TriggerRoutes(sa, auth, owners).add_to(app)
+    BatchRoutes(sa, auth, owners).add_to(app)
+    MessageRoutes(sa, auth, owners).add_to(app)
+    UnsubscribeRoutes(lambda commands: sa.publisher.publish(commands), unsubscribe_secret(sa.settings)).add_to(app)
+
+
+class ApiServer(Service):  # type: ignore[misc]
+    """Runs the aiohttp app for as long as the worker runs."""
+
+    def __init__(self, sa: StreamApp, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.sa = sa
+        self.owners = OwnerRouter(sa)
+        self.runner = web.AppRunner(build_web_app(sa, self.owners), access_log=None)
+
+    async def on_start(self) -> None:
+        service = self.sa.settings.service
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, service.web_host, service.web_port, reuse_address=True)
+        await site.start()
+        log.info("API listening on http://%s:%s", service.web_host, service.web_port)
+
+    async def on_stop(self) -> None:
+        await self.owners.close()
+        await self.runner.cleanup()

@@ -1,0 +1,33 @@
+"""The OpenAPI document lists every route the worker serves, with its methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from streamapp.http.forwarding import OwnerRouter
+from streamapp.http.openapi import openapi_document
+from streamapp.http.server import build_web_app
+from streamapp.runtime import create_app
+from streamapp.settings import load_settings
+from tests.fixtures import config_text
+from tests.sending.fixtures import smtp_extra, write_templates
+
+
+def test_every_served_route_is_documented(tmp_path: Path) -> None:
+    write_templates(tmp_path)
+    config = tmp_path / "streamapp.toml"
+    config.write_text(config_text("kafka://127.0.0.1:1", tmp_path / "data", 1, "openapi", extra=smtp_extra(2525)))
+    settings = load_settings(config, environ={})
+    sa = create_app(settings)
+    app = build_web_app(sa, OwnerRouter(sa))
+    served = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if isinstance(route, web.ResourceRoute) and route.resource is not None and route.method != "HEAD"
+    }
+    paths = openapi_document(settings)["paths"]
+    documented = {(method.upper(), path) for path, item in paths.items() for method in item if method != "parameters"}
+    assert served == documented
+    assert ("POST", "/api/v1/triggers/{trigger}/messages") in served

@@ -1,0 +1,128 @@
+"""Rows to commands: typed attributes, per-row reasons, modes, history rows."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+
+from streamapp.core.models import AppendHistory, UpsertRecipient
+from streamapp.imports.csvreader import FileRejected
+from streamapp.imports.rows import convert_history, convert_recipients, plan_columns
+from streamapp.settings import DatabaseSettings, ImportSettings
+
+ZONE = ZoneInfo("Europe/Stockholm")
+AT = "2026-11-27T10:00:00.000+00:00"
+DB = DatabaseSettings(
+    "members", False, {"firstname": "string", "score": "int", "ratio": "float", "vip": "bool", "birthday": "date",
+                       "seen": "datetime"},
+)  # fmt: skip
+
+
+def schema(**overrides: object) -> ImportSettings:
+    base: dict[str, object] = dict(
+        name="crm", database="members", kind="recipients", watch="crm", settle_seconds=1, pattern="*.csv",
+        encoding="utf-8", delimiter=";", header=True, mode="upsert", identity="Id",
+        columns={"Mail": "email", "Name": "firstname", "Score": "score", "Ratio": "ratio", "Vip": "vip",
+                 "Born": "birthday", "Seen": "seen"},
+    )  # fmt: skip
+    base.update(overrides)
+    return ImportSettings(**base)  # type: ignore[arg-type]
+
+
+HEADER = ["Id", "Mail", "Name", "Score", "Ratio", "Vip", "Born", "Seen", "Shoe"]
+
+
+def convert(
+    rows: list[list[str]], imp: ImportSettings | None = None
+) -> tuple[list[UpsertRecipient], list[tuple[int, str]]]:
+    imp = imp or schema()
+    plan = plan_columns(imp, DB, HEADER, len(HEADER))
+    commands, rejected = convert_recipients(rows, list(range(2, 2 + len(rows))), plan, imp, ZONE, AT)
+    assert all(isinstance(c, UpsertRecipient) for c in commands)
+    return commands, rejected  # type: ignore[return-value]
+
+
+def test_typed_values_and_empty_cells_untouched() -> None:
+    commands, rejected = convert([
+        ["C1", "a@example.com", "Åsa", "7", "1,5", "ja", "1990-05-01", "2026-01-02 03:04:05", "42"],
+        [" C2 ", "", "", "", "", "", "", "", ""],
+    ])  # fmt: skip
+    assert rejected == []
+    first, second = commands
+    assert first.originalId == "C1" and first.email == "a@example.com" and first.at == AT
+    assert first.attributes == {"firstname": "Åsa", "score": 7, "ratio": 1.5, "vip": True, "birthday": "1990-05-01",
+                                "seen": "2026-01-02T03:04:05+01:00"}  # fmt: skip
+    assert second.originalId == "C2"
+    assert second.email is msgspec.UNSET and second.attributes is msgspec.UNSET  # empty cells change nothing
+
+
+def test_each_bad_cell_is_named_in_the_rows_reason() -> None:
+    commands, rejected = convert([
+        ["C1", "not-mail", "x", "seven", "n/a", "maybe", "1 May", "soon", ""],
+        ["", "b@example.com", "", "", "", "", "", "", ""],
+        ["C3", "c@example.com", "", "", "", "", "", "", ""],
+    ])  # fmt: skip
+    assert [c.originalId for c in commands] == ["C3"]
+    assert rejected[0] == (2, "column 'Mail': 'not-mail' is not a valid e-mail address; column 'Score': 'seven' is "
+                              "not an integer; column 'Ratio': 'n/a' is not a number; column 'Vip': 'maybe' is not "
+                              "true/false; column 'Born': '1 May' is not a date (YYYY-MM-DD); column 'Seen': 'soon' "
+                              "is not a date-time (ISO 8601)")  # fmt: skip
+    assert rejected[1] == (3, "empty identity (column 'Id')")
+
+
+def test_unknown_columns_ignored_unless_auto_create() -> None:
+    plan = plan_columns(schema(), DB, HEADER, len(HEADER))
+    assert plan.ignored == ("Shoe",)
+    auto = DatabaseSettings("members", True, DB.attributes)
+    plan = plan_columns(schema(), auto, HEADER, len(HEADER))
+    assert plan.ignored == () and plan.attributes[-1].name == "Shoe" and plan.attributes[-1].kind == "string"
+
+
+def test_missing_identity_column_rejects_the_file() -> None:
+    with pytest.raises(FileRejected, match="identity column 'CustomerNo' not found"):
+        plan_columns(schema(identity="CustomerNo"), DB, HEADER, len(HEADER))
+
+
+def test_modes_shape_the_commands() -> None:
+    row = [["C1", "", "", "", "", "", "", "", ""]]
+    unsubscribe, _ = convert(row, schema(mode="unsubscribe"))
+    assert unsubscribe[0].status == "unsubscribed"
+    replace, _ = convert(row, schema(mode="replace"))
+    assert replace[0].reactivate is True and replace[0].status is msgspec.UNSET
+    upsert, _ = convert(row)
+    assert upsert[0].reactivate is False
+
+
+def test_headerless_columns_by_position() -> None:
+    imp = schema(header=False, identity="2", columns={"1": "email", "3": "score"})
+    plan = plan_columns(imp, DB, None, 3)
+    commands, rejected = convert_recipients([["a@example.com", "C9", "5"]], [1], plan, imp, ZONE, AT)
+    assert rejected == [] and commands == [
+        UpsertRecipient(database="members", originalId="C9", at=AT, email="a@example.com", attributes={"score": 5})
+    ]
+
+
+def test_history_rows() -> None:
+    imp = schema(kind="history", header=False, identity=None, columns={}, history_type="purchase")
+    rows = [
+        ["C1", "SKU-1", "99,50", "2026-11-20 14:03:00", "-1", "-99.5", "", "store-7"],
+        ["C2", "SKU-2", "10"],
+        ["C3", "SKU-3", "ten"],
+        ["", "SKU-4", "1"],
+        ["C5", "SKU-5", "1", "20/11/2026"],
+    ]
+    commands, rejected = convert_history(rows, [1, 2, 3, 4, 5], imp, ZONE, AT, "ab" * 32)
+    assert rejected == [
+        (3, "field 3 (itemPrice): 'ten' is not a number"),
+        (4, "empty identity (field 1)"),
+        (5, "field 4 (time): '20/11/2026' is not yyyy-MM-dd HH:mm:ss"),
+    ]
+    first, second = commands
+    assert isinstance(first, AppendHistory) and isinstance(second, AppendHistory)
+    record = first.records[0]
+    assert (record.sku, record.price, record.quantity, record.total) == ("SKU-1", 99.5, -1.0, -99.5)
+    assert record.time == "2026-11-20T13:03:00+00:00" and record.fields == {"custom3": "store-7"}
+    assert record.id == f"{'ab' * 8}:1" and record.type == "purchase"
+    assert second.records[0].time == AT and second.records[0].quantity is None

@@ -1,0 +1,67 @@
+"""The single-message body: validation, saveProps, idempotency keys and "the same body"."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import msgspec
+import pytest
+
+from streamapp.http.errors import ApiError
+from streamapp.sending.single import build_commands, parse_single
+from streamapp.settings import DatabaseSettings, TriggerSettings
+
+DB = DatabaseSettings("members", False, {"firstname": "string", "score": "int"})
+ZONE = ZoneInfo("Europe/Stockholm")
+TRIGGER = TriggerSettings("welcome", "members", "welcome", transactional=True)
+
+
+def test_save_props_keeps_only_attributes_typed() -> None:
+    body = {"originalId": "A", "properties": {"firstname": "Ann", "score": 3, "coupon": "X"}, "saveProps": True}
+    single = parse_single(body, DB, ZONE, None)
+    assert single.saved == {"firstname": "Ann", "score": 3} and single.properties["coupon"] == "X"
+    upsert, message = build_commands(single, TRIGGER, 8, "2026-11-27T10:00:00.000+00:00")
+    assert upsert.attributes == {"firstname": "Ann", "score": 3} and not upsert.createOnly
+    assert message.attributes == {"firstname": "Ann", "score": 3} and message.transactional
+    assert message.priority == "transactional" and message.notBefore is None
+
+
+def test_without_save_props_the_upsert_only_creates() -> None:
+    single = parse_single(
+        {"originalId": "A", "email": "a@example.com", "properties": {"firstname": "x"}}, DB, ZONE, None
+    )
+    upsert, message = build_commands(single, TRIGGER, 8, "2026-11-27T10:00:00.000+00:00")
+    assert upsert.createOnly and upsert.emailIfNew == "a@example.com" and upsert.attributes is msgspec.UNSET
+    assert message.email == "a@example.com" and message.attributes is None
+
+
+def test_delivery_time_without_offset_is_in_the_service_zone_and_a_past_one_means_now() -> None:
+    single = parse_single({"originalId": "A", "deliveryTime": "2099-12-01T08:00:00"}, DB, ZONE, None)
+    _, message = build_commands(single, TRIGGER, 8, "2026-11-27T10:00:00.000+00:00")
+    assert message.notBefore == "2099-12-01T07:00:00.000+00:00"
+    single = parse_single({"originalId": "A", "deliveryTime": "2001-01-01T00:00:00Z"}, DB, ZONE, None)
+    assert build_commands(single, TRIGGER, 8, "2026-11-27T10:00:00.000+00:00")[1].notBefore is None
+
+
+def test_the_same_body_hashes_the_same_whatever_the_key_order_or_where_the_key_is() -> None:
+    one = parse_single({"originalId": "A", "properties": {"a": 1, "b": 2}, "idempotencyKey": "k"}, DB, ZONE, None)
+    two = parse_single({"properties": {"b": 2, "a": 1}, "originalId": "A"}, DB, ZONE, "k")
+    other = parse_single({"originalId": "A", "properties": {"a": 1, "b": 3}}, DB, ZONE, "k")
+    assert one.idempotency_key == two.idempotency_key == "k"
+    assert one.body_hash == two.body_hash != other.body_hash
+
+
+@pytest.mark.parametrize(
+    ("body", "header", "path"),
+    [
+        ({"originalId": "A", "idempotencyKey": ""}, None, "/idempotencyKey"),
+        ({"originalId": "A", "idempotencyKey": "a"}, "b", "/idempotencyKey"),
+        ({"originalId": "A"}, "x" * 257, "/header/Idempotency-Key"),
+        ({"originalId": "A", "saveProps": True, "properties": {"score": "high"}}, None, "/properties/score"),
+        ([], None, "/"),
+    ],
+)
+def test_bad_bodies_name_the_place(body: object, header: str | None, path: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        parse_single(body, DB, ZONE, header)
+    assert raised.value.status == 422 and [d.path for d in raised.value.details] == [path]

@@ -1,3 +1,0 @@
-from tests.streamapp.imports.fixtures import import_worker
-
-__all__ = ["import_worker"]

@@ -1,3 +1,0 @@
-"""Fixtures of the mail tests (pytest_plugins is only allowed in the root conftest)."""
-
-from tests.streamapp.mail.fixtures import peers  # noqa: F401

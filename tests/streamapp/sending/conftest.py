@@ -1,4 +1,0 @@
-"""Fixtures of the sending tests (pytest_plugins is only allowed in the root conftest)."""
-
-from tests.streamapp.mail.fixtures import peers, peers_module  # noqa: F401
-from tests.streamapp.sending.fixtures import sending  # noqa: F401

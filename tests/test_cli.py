@@ -1,0 +1,54 @@
+"""The `streamapp` command's own behaviour: check-config and argument errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def streamapp(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "STREAMAPP_CONFIG": str(config or ROOT / "config" / "streamapp.toml")}
+    return subprocess.run(
+        [sys.executable, "-m", "streamapp.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_accepts_the_shipped_config() -> None:
+    run = streamapp("check-config")
+    assert run.returncode == 0, run.stderr
+    assert "OK (1 database(s), 2 token(s), 2 import(s)" in run.stdout
+
+
+def test_check_config_lists_every_error_and_fails(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[service]\npartitions = -1\nweb_port = "x"\n[[databases]]\nname = "a b"\n')
+    run = streamapp("check-config", config=config)
+    assert run.returncode == 1
+    lines = run.stderr.splitlines()
+    assert f"{config}: service.partitions: must be greater than 0" in lines
+    assert f"{config}: service.web_port: expected an integer, got a string" in lines
+    assert f"{config}: databases[0].name: must match [A-Za-z0-9_-]{{1,64}}" in lines
+    assert lines[-1] == f"3 error(s) in {config}"
+
+
+def test_worker_refuses_to_start_on_an_invalid_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[service]\nbogus = 1\n")
+    run = streamapp("worker", config=config)
+    assert run.returncode == 2
+    assert f"config error: {config}: service.bogus: unknown key" in run.stderr
+
+
+def test_import_of_an_unknown_schema_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "x.csv"
+    data.write_text("a\n")
+    run = streamapp("import", str(data), "--import", "nope")
+    assert run.returncode == 2
+    assert (
+        "unknown import 'nope' (configured: crm, shop-purchases, triggers/password-reset, triggers/welcome, campaigns)"
+        in run.stderr
+    )
