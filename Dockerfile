@@ -5,9 +5,15 @@
 #   docker build -t streamapp .
 #   docker run --rm -e STREAMAPP_BROKER=kafka://broker:9092 \
 #       -e STREAMAPP_ADVERTISED_URL=http://<this-host>:6066 \
+#       -e STREAMAPP_TOKENS_FILE=/run/secrets/tokens.toml \
+#       -e STREAMAPP_SECRET_FILE=/run/secrets/streamapp.keys \
+#       -v "$PWD/secrets:/run/secrets:ro" \
 #       -p 6066:6066 -v streamapp-data:/var/lib/streamapp streamapp
 #
-# See docs/operations.md. Both stages use the same base image, so the
+# The image runs config/production.toml: no development token (the dev
+# configuration, config/streamapp.toml, is not even in the image, see
+# .dockerignore). API tokens and the HMAC key come from mounted files, read by
+# the entrypoint (deploy/compose/entrypoint.sh). See docs/operations.md. Both stages use the same base image, so the
 # virtualenv built in /opt/venv keeps working when copied (its python is a
 # symlink to /usr/local/bin/python3.11 of the base image).
 
@@ -53,8 +59,8 @@ LABEL org.opencontainers.image.title="streamapp" \
 # tini as PID 1: forwards SIGTERM/SIGINT to the worker (which then commits
 # offsets, flushes the producer and closes RocksDB) and reaps zombies.
 # libstdc++6 is needed by the rocksdict wheel (already in the base image;
-# listed so that it is never dropped).
-# hadolint ignore=DL3008
+# listed so that it is never dropped). Versions are not pinned: see
+# .hadolint.yaml (DL3008).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini libstdc++6 \
     && rm -rf /var/lib/apt/lists/*
@@ -64,29 +70,35 @@ RUN groupadd --system --gid "${STREAMAPP_UID}" streamapp \
     && useradd --system --uid "${STREAMAPP_UID}" --gid streamapp \
         --home-dir /var/lib/streamapp --no-create-home \
         --shell /usr/sbin/nologin streamapp \
-    && install -d -o streamapp -g streamapp -m 0750 /var/lib/streamapp
+    && install -d -o streamapp -g streamapp -m 0750 /var/lib/streamapp \
+    && install -d -o streamapp -g streamapp -m 0770 /var/lib/streamapp/drop
 
 COPY --from=builder /opt/venv /opt/venv
-# Default configuration and templates (read-only for the worker); mount your
-# own over /app/config or point STREAMAPP_CONFIG elsewhere.
+# The production configuration and the templates (read-only for the worker);
+# mount your own over /app/config or point STREAMAPP_CONFIG elsewhere.
 COPY config/ /app/config/
+# Adds the mounted tokens and HMAC key, refuses development tokens, then
+# execs `streamapp "$@"`.
+COPY --chmod=0755 deploy/compose/entrypoint.sh /usr/local/bin/streamapp-entrypoint
 
 WORKDIR /app
 
 # STREAMAPP_WEB_HOST: the HTTP API must listen on all interfaces in a
-# container (config/streamapp.toml says 127.0.0.1, which suits `streamapp dev`).
+# container (config/production.toml says so too).
 # STREAMAPP_ADVERTISED_URL (set per worker at run time, e.g. by compose) is
 # the URL at which the other workers reach this one to forward table reads.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONFAULTHANDLER=1 \
-    STREAMAPP_CONFIG=/app/config/streamapp.toml \
+    STREAMAPP_CONFIG=/app/config/production.toml \
     STREAMAPP_DATA_DIR=/var/lib/streamapp \
     STREAMAPP_WEB_HOST=0.0.0.0 \
     STREAMAPP_WEB_PORT=6066
 
 # state/ (RocksDB), drop/, processed/, rejected/, outbox/. One volume per
-# worker: never share it between two running workers.
+# worker: never share it between two running workers. drop/ exists (owned by
+# the worker) so that a volume mounted there to share it between workers
+# starts with the right owner.
 VOLUME ["/var/lib/streamapp"]
 
 # Numeric, so that Kubernetes runAsNonRoot can verify it.
@@ -101,5 +113,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('STREAMAPP_WEB_PORT') or '6066'; r = urllib.request.urlopen('http://127.0.0.1:%s/healthz' % port, timeout=4); sys.exit(0 if r.status == 200 else 1)"]
 
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["tini", "--", "streamapp"]
+ENTRYPOINT ["tini", "--", "streamapp-entrypoint"]
 CMD ["worker"]

@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench kafka-start kafka-stop clean
+.PHONY: install run test check lint bench kafka-start kafka-stop clean
+
+# Private Faust/aiokafka names: allowed only in streamapp/kafka/, the adapter (docs/architecture.md).
+PRIVATE_API := _db_for_partition|_ensure_producer|_ensure_consumer|_subscription|\._thread\b|changelog_distribution|_waiters|set_persisted_offset|_fetch_max_wait_ms|_create_worker_consumer|_new_consumer_thread
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +24,11 @@ lint: install
 	$(BIN)/ruff check streamapp agents tables tests bench
 	$(BIN)/ruff format --check streamapp agents tables tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/shellcheck deploy/prometheus/install.sh deploy/compose/entrypoint.sh deploy/compose/init-secrets.sh
+	@if grep -rnE '$(PRIVATE_API)' --include='*.py' streamapp agents tables | grep -v '^streamapp/kafka/'; then \
+	  echo "lint: private Faust/aiokafka API outside streamapp/kafka/ (above)"; exit 1; fi
 
 # Postfix's smtp-sink: a real SMTP fault peer for the sending tests.
 # "No configuration" keeps the postfix daemon itself unconfigured and stopped.
@@ -31,8 +39,17 @@ lint: install
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix; \
 	else echo "note: run 'sudo apt-get install postfix' for the smtp-sink tests (skipped without it)"; fi
 
-test: lint /usr/sbin/smtp-sink
+# Prometheus, promtool and amtool from Debian's packages, unpacked into .cache/ (tests/config/).
+# No prerequisite: the binary keeps the package's file date, so a dependency would re-run it.
+.cache/prometheus/bin/promtool:
+	bash deploy/prometheus/install.sh
+
+test: lint /usr/sbin/smtp-sink .cache/prometheus/bin/promtool
 	$(BIN)/pytest -q -ra
+
+# The fast loop: unit tests only (no broker, nothing marked slow).
+check: lint
+	$(BIN)/pytest -q -ra -m "not integration and not slow"
 
 bench: install
 	$(BIN)/python bench/api_ingest.py

@@ -10,24 +10,22 @@ delivering to every topic, transactional included.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from streamapp import metrics
 from streamapp.core.models import decode_send
-
-if TYPE_CHECKING:
-    from streamapp.runtime import StreamApp
-    from streamapp.sending.engine import SendEngine
+from streamapp.runtime import Sending, StreamApp
+from streamapp.sending.engine import SendEngine
 
 log = logging.getLogger(__name__)
 
 
-def register(sa: StreamApp, engine: SendEngine, topics: dict[str, Any]) -> None:
+def register(sa: StreamApp, sending: Sending) -> None:
     """Attach one agent per priority topic to the app."""
-    for priority, topic in topics.items():
-        _register_one(sa, engine, priority, topic)
+    for priority, topic in sending.topics.items():
+        _register_one(sa, sending.engine, priority, topic)
 
 
 def _register_one(sa: StreamApp, engine: SendEngine, priority: str, topic: Any) -> None:

@@ -1,9 +1,19 @@
-"""SMTP throughput benchmark: raw aiosmtplib vs `SmtpPool`, over 1 and 8 connections.
+"""SMTP throughput benchmark: raw aiosmtplib vs `SmtpPool` vs `PipelinedSMTP`.
 
 Starts Postfix's `smtp-sink` (apt-get install postfix) on a free loopback port and sends one
-pre-built ~7 KB message again and again, so the figures measure the SMTP client, not MIME
-building or the server. Every send must be accepted. Prints one JSON object.
-Run: `.venv/bin/python bench/smtp_raw.py`.
+pre-built message again and again, so the figures measure the SMTP client, not MIME building
+or the server. Every send must be accepted. Prints one JSON object; each figure has msg/s and
+the client's CPU time per message (`cpu_us_per_msg`: this process only, user + system, so it
+includes the kernel's share of the loopback writes; smtp-sink's CPU is not in it).
+
+- `raw_1`, `pool_1`, `raw_8`, `pool_8`: aiosmtplib `sendmail` and `SmtpPool.send` on 1 and 8
+  connections with the 8.4 KB message.
+- `ceiling`: on 8 connections, for a 0.8 KB and the 8.4 KB message, aiosmtplib `sendmail`
+  (`aiosmtplib`), `PipelinedSMTP.deliver` one message per call (`pipelined`), the same with
+  PIPELINING turned off (`pipelined_plain`: the fallback), and `deliver_many` with `--batch`
+  messages per call (`pipelined_batch`: one round trip a message, chained).
+
+Run: `.venv/bin/python bench/smtp_raw.py` (about a minute on an idle machine).
 """
 
 from __future__ import annotations
@@ -17,12 +27,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamapp.mail.mime import MimeBuilder
+from streamapp.mail.pipelined import PipelinedSMTP
 from streamapp.mail.smtp import SmtpPool
 from tests.fixtures import free_port
 from tests.mail.fixtures import postfix_sink_command
@@ -44,18 +56,38 @@ def message() -> bytes:
     )
 
 
-async def timed(total: int, workers: int, send: Callable[[], Awaitable[None]]) -> dict[str, float]:
-    """`workers` tasks share `total` sends; messages/s over the whole run."""
-    counter = iter(range(total))
+def small_message() -> bytes:
+    """A short receipt, about 0.8 KB on the wire."""
+    text = "Tack för ditt köp \u2013 vi hoppas att du blir nöjd.\n"
+    html = "<p>Tack för ditt köp \u2013 vi hoppas att du blir nöjd.</p>\n"
+    return MimeBuilder(SENDER).build(
+        message_id="01JD5Z3N8K",
+        to=RECIPIENT,
+        subject="Ditt kvitto",
+        text=text,
+        html=html,
+        unsubscribe_url="https://x/u/t",
+    )
+
+
+async def timed(total: int, workers: int, send: Callable[[], Awaitable[None]], per_send: int = 1) -> dict[str, float]:
+    """`workers` tasks share `total` messages, `per_send` a call; messages/s and client CPU µs per message."""
+    counter = iter(range(total // per_send))
 
     async def worker() -> None:
         for _ in counter:
             await send()
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(workers)))
-    seconds = time.perf_counter() - started
-    return {"messages": total, "seconds": round(seconds, 3), "messages_per_s": round(total / seconds)}
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    sent = total // per_send * per_send
+    return {
+        "messages": sent,
+        "seconds": round(seconds, 3),
+        "messages_per_s": round(sent / seconds),
+        "cpu_us_per_msg": round(cpu / sent * 1e6, 1),
+    }
 
 
 async def raw(port: int, connections: int, total: int, data: bytes) -> dict[str, float]:
@@ -95,12 +127,51 @@ async def pooled(port: int, connections: int, total: int, data: bytes) -> dict[s
         await pool.close()
 
 
-async def run(port: int, total: int) -> dict[str, dict[str, float]]:
+async def pipelined(
+    port: int, connections: int, total: int, data: bytes, batch: int = 1, pipelining: bool = True
+) -> dict[str, float]:
+    """`PipelinedSMTP` on `connections` connections, one sender task each, `batch` messages a call."""
+    clients = [
+        PipelinedSMTP(hostname="127.0.0.1", port=port, local_hostname="bench", start_tls=False, pipelining=pipelining)
+        for _ in range(connections)
+    ]
+    await asyncio.gather(*(c.connect() for c in clients))
+    free: asyncio.Queue[PipelinedSMTP] = asyncio.Queue()
+    for client in clients:
+        free.put_nowait(client)
+    envelopes = [(SENDER, RECIPIENT, data)] * batch
+
+    async def send() -> None:
+        client = await free.get()
+        attempts = await client.deliver_many(envelopes) if batch > 1 else [await client.deliver(*envelopes[0])]
+        assert all(a.outcome.kind == "sent" for a in attempts), attempts
+        free.put_nowait(client)
+
+    try:
+        return await timed(total, connections, send, per_send=batch)
+    finally:
+        await asyncio.gather(*(c.quit() for c in clients))
+
+
+async def ceiling(port: int, total: int, batch: int, data: bytes) -> dict[str, dict[str, float]]:
+    """The clients side by side on 8 connections with one message."""
+    return {
+        "aiosmtplib": await raw(port, 8, total, data),
+        "pipelined": await pipelined(port, 8, total, data),
+        "pipelined_plain": await pipelined(port, 8, total, data, pipelining=False),
+        "pipelined_batch": await pipelined(port, 8, total, data, batch=batch) | {"batch": batch},
+    }
+
+
+async def run(port: int, total: int, batch: int = 16) -> dict[str, Any]:
     data = message()
-    results = {}
+    results: dict[str, Any] = {}
     for connections in (1, 8):
         results[f"raw_{connections}"] = await raw(port, connections, total, data)
         results[f"pool_{connections}"] = await pooled(port, connections, total, data)
+    results["ceiling"] = {
+        f"{len(body)}_bytes": await ceiling(port, total, batch, body) for body in (small_message(), data)
+    }
     return results | {"message_bytes": {"size": len(data)}}
 
 
@@ -119,12 +190,13 @@ def wait_listening(port: int, timeout: float = 10) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=10_000, help="per measurement")
+    parser.add_argument("--batch", type=int, default=16, help="messages per deliver_many call")
     args = parser.parse_args()
     port = free_port()
     sink = subprocess.Popen(postfix_sink_command(port, ["-m", "1000"]), stdout=subprocess.DEVNULL)
     try:
         wait_listening(port)
-        print(json.dumps(asyncio.run(run(port, args.messages))))
+        print(json.dumps(asyncio.run(run(port, args.messages, args.batch))))
     finally:
         sink.terminate()
         sink.wait(10)

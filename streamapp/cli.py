@@ -38,41 +38,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_worker(settings: Settings, loglevel: str = "info", dev_sink: bool = False) -> int:
-    """Run one worker (Faust app + API) until SIGINT/SIGTERM."""
-    import faust
-
-    from streamapp.http.server import ApiServer
-    from streamapp.kafka.topics import TopicError, ensure_topics_sync
-    from streamapp.runtime import create_app
-
-    settings.service.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        ensure_topics_sync(settings)
-    except TopicError as exc:
-        log.error("%s", exc)
-        return 2
-    sa = create_app(settings)
-    services: list[object] = [ApiServer(sa)]
-    if settings.imports or settings.triggers or settings.campaigns:
-        from streamapp.imports.watcher import DropWatcher
-
-        services.append(DropWatcher(settings))
-    if sa.sending is not None:
-        services.append(sa.sending)
-    if dev_sink:
-        from streamapp.devtools.devsink import DevSink
-
-        services.append(DevSink(settings))
-    worker = faust.Worker(sa.faust, *services, loglevel=loglevel, override_logging=True)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
+    from streamapp.worker import run_worker
+
     return run_worker(_settings_or_exit(), args.loglevel)
 
 
@@ -100,6 +68,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
         settings = with_dev_sink(settings)
         print(f"no [smtp]: messages go to the local sink, Maildir {settings.service.data_dir / 'outbox'}")
+    from streamapp.worker import run_worker
+
     try:
         return run_worker(settings, args.loglevel, dev_sink=dev_sink)
     finally:

@@ -1,158 +1,91 @@
-"""The Faust app: topics, tables and agents wired from the settings.
+"""The typed runtime of one worker: its Faust app, topics, stores and optional sending part.
 
-`create_app` builds everything from a Settings object (no module-level app),
-so the CLI, the tests and several workers in one process each get their own.
+`create_runtime` builds everything from a Settings object (no module-level app), so the CLI, the
+tests and several workers in one process each get their own. Agents are attached by
+`streamapp.worker`, which sits above this layer.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import faust
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
-from streamapp import metrics
-from streamapp.agents import recipients as recipient_agents
-from streamapp.kafka import transport
+from streamapp.core.models import PRIORITIES, Priority
+from streamapp.kafka.app import KafkaApp, new_faust_app, source_topic
 from streamapp.kafka.publisher import CommandPublisher, faust_send
-from streamapp.kafka.topics import commands_topic
+from streamapp.kafka.store import Store
+from streamapp.kafka.topics import commands_topic, messages_topic
+from streamapp.sending.engine import SendEngine, SendStores
 from streamapp.settings import Settings
 from streamapp.tables.batches import batches_table
+from streamapp.tables.idempotency import idempotency_table
+from streamapp.tables.messages import messages_table
 from streamapp.tables.recipients import history_table, recipients_table
 
-log = logging.getLogger(__name__)
 
-_faust_metrics: FaustMetrics | None = None
+@dataclass(frozen=True, slots=True)
+class Sending:
+    """What sending adds (SPEC §6): present when [smtp] is configured or `streamapp dev` runs its sink."""
+
+    topics: Mapping[Priority, faust.TopicT]
+    messages: Store
+    idempotency: Store
+    engine: SendEngine
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class StreamApp:
-    """One Faust app and the streams and tables it owns."""
+    """One worker's Faust app and the streams and stores it owns."""
 
     settings: Settings
-    faust: faust.App
-    recipient_commands: Any
-    recipients: Any
-    history: Any
-    batches: Any
-    #: Sending (streamapp.sending): set when [smtp] is configured or `streamapp dev` runs its sink.
-    messages: Any = None
-    message_topics: Any = None
-    idempotency: Any = None
-    sending: Any = None
+    kafka: KafkaApp
+    recipient_commands: faust.TopicT
+    recipients: Store
+    history: Store
+    batches: Store
+    publisher: CommandPublisher
+    sending: Sending | None
 
     @property
-    def publisher(self) -> CommandPublisher:
-        return CommandPublisher(
-            faust_send(self.faust.producer), commands_topic(self.settings), self.settings.service.partitions
-        )
+    def faust(self) -> faust.App:
+        return self.kafka.faust
 
     def is_ready(self) -> bool:
         """Serving: started, not rebalancing, tables recovered."""
-        app = self.faust
-        recovery = app.tables.recovery
-        return recovery.completed.is_set() and not app.rebalancing and not recovery.in_recovery
+        return self.kafka.is_ready()
 
 
-def faust_settings(settings: Settings) -> dict[str, Any]:
-    service = settings.service
-    return {
-        "broker": service.broker if "://" in service.broker else f"kafka://{service.broker}",
-        "store": "rocksdb://",
-        "datadir": str(service.data_dir / "state"),
-        "topic_partitions": service.partitions,
-        "topic_replication_factor": service.replication_factor,
-        "producer_acks": -1,
-        # Chunked table writes send many records per partition at once.
-        "producer_max_batch_size": 512 * 1024,
-        # Our own aiohttp server serves the API; Faust's web (with routes that
-        # expose tables and the router) is not started at all.
-        "web_enabled": False,
-        "canonical_url": service.advertised_url,
-        "stream_wait_empty": False,
-        # A worker that died (kill -9, lost host) holds its partitions until
-        # this expires: 10 s rather than Faust's 60 s keeps failover short.
-        "broker_session_timeout": 10.0,
-        "broker_heartbeat_interval": 2.0,
-        # Records handed to the Conductor per fetch. Unlimited, one fetch of a large campaign
-        # (up to 4 MB per partition, tens of thousands of messages) had to pass through the
-        # streams before a transactional record fetched with it (docs/sending.md).
-        "broker_max_poll_records": 100,
-    }
-
-
-class _Monitor(PrometheusMonitor):  # type: ignore[misc]
-    """Faust's Prometheus sensors without the per-key table ones.
-
-    A labelled counter update per table read and write cost 13% of a bulk
-    upsert's CPU; rows are counted per chunk in streamapp_recipient_commands.
-    """
-
-    def on_table_get(self, table: Any, key: Any) -> None:
-        pass
-
-    def on_table_set(self, table: Any, key: Any, value: Any) -> None:
-        pass
-
-    def on_table_del(self, table: Any, key: Any) -> None:
-        pass
-
-
-def _monitor() -> PrometheusMonitor:
-    """Faust's own sensors, exported with our prefix on our /metrics (created once per process)."""
-    global _faust_metrics
-    if _faust_metrics is None:
-        _faust_metrics = FaustMetrics.create(metrics.registry, "streamapp_faust")
-    return _Monitor(metrics=_faust_metrics)
-
-
-def source_topic(app: faust.App, name: str, partitions: int) -> Any:
-    """A topic of raw MessagePack events, created by us before the worker subscribes (topics.py)."""
-    return app.topic(
-        name,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
-        internal=True,
-    )
-
-
-def create_app(settings: Settings) -> StreamApp:
-    app = faust.App(settings.service.id, **faust_settings(settings))
-    transport.install(app)
-    app.monitor = _monitor()
+def create_runtime(settings: Settings) -> StreamApp:
+    app = new_faust_app(settings)
+    kafka = KafkaApp(app)
     partitions = settings.service.partitions
-    commands = source_topic(app, commands_topic(settings), partitions)
-    sa = StreamApp(
+    publisher = CommandPublisher(faust_send(app), commands_topic(settings), partitions)
+    recipients = Store(app, recipients_table(app, partitions))
+    history = Store(app, history_table(app, partitions))
+    return StreamApp(
         settings=settings,
-        faust=app,
-        recipient_commands=commands,
-        recipients=recipients_table(app, partitions),
-        history=history_table(app, partitions),
-        batches=batches_table(app, partitions),
+        kafka=kafka,
+        recipient_commands=source_topic(app, commands_topic(settings), partitions),
+        recipients=recipients,
+        history=history,
+        batches=Store(app, batches_table(app, partitions)),
+        publisher=publisher,
+        sending=_sending(settings, kafka, recipients, history, publisher) if settings.smtp is not None else None,
     )
-    recipient_agents.register(sa)
-    if settings.smtp is not None:
-        _add_sending(sa)
-    return sa
 
 
-def _add_sending(sa: StreamApp) -> None:
-    """Priority topics, the message ledger, the send engine and its agents (docs/sending.md)."""
-    from streamapp.agents import sending as sending_agents
-    from streamapp.core.ids import messages_topic
-    from streamapp.core.models import PRIORITIES
-    from streamapp.sending.engine import SendEngine
-    from streamapp.tables.idempotency import idempotency_table
-    from streamapp.tables.messages import messages_table
-
-    partitions = sa.settings.service.partitions
-    sa.message_topics = {p: source_topic(sa.faust, messages_topic(sa.settings, p), partitions) for p in PRIORITIES}
-    sa.messages = messages_table(sa.faust, partitions)
-    sa.idempotency = idempotency_table(sa.faust, partitions)
-    sa.sending = SendEngine(sa)
-    sending_agents.register(sa, sa.sending, sa.message_topics)
+def _sending(
+    settings: Settings, kafka: KafkaApp, recipients: Store, history: Store, publisher: CommandPublisher
+) -> Sending:
+    """Priority topics, the message ledger, idempotency keys and the send engine (docs/sending.md)."""
+    app, partitions = kafka.faust, settings.service.partitions
+    messages = Store(app, messages_table(app, partitions))
+    engine = SendEngine(settings, kafka, SendStores(recipients, history, messages), publisher)
+    return Sending(
+        topics={p: source_topic(app, messages_topic(settings, p), partitions) for p in PRIORITIES},
+        messages=messages,
+        idempotency=Store(app, idempotency_table(app, partitions)),
+        engine=engine,
+    )

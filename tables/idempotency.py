@@ -1,7 +1,7 @@
 """The idempotency table: one IdempotencyRecord per (token, trigger, key) of a single trigger message.
 
 Written and read only by the worker that owns the key's partition (the API forwards a request
-with a key there), with a durable write (tables.bulk.put_durably), so a check-and-set under a
+with a key there), with a durable write (streamapp.kafka.store.Store.put_durably), so a check-and-set under a
 local lock gives one message per key (except across a partition move in the
 middle of a request: streamapp.sending.idempotency).
 """

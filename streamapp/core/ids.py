@@ -1,4 +1,4 @@
-"""Message ids and topic names.
+"""Message and batch ids.
 
 A message id starts with the partition of its recipient (4 decimal digits), then 12 hex digits
 of milliseconds and 16 random hex digits: any worker knows from the id alone which partition's
@@ -18,8 +18,6 @@ import secrets
 import time
 
 from streamapp.core.keys import partition_for, recipient_key
-from streamapp.core.models import PRIORITIES, Priority
-from streamapp.settings import Settings
 
 _ID = re.compile(r"(\d{4})(?:[0-9a-f]{28}|\d{4}[0-9a-f]{28})")
 _BATCH_ID = re.compile(r"(\d{4})[0-9a-f]{20}")
@@ -62,11 +60,3 @@ def batch_message_id(partition: int, batch_id: str, row: int) -> str:
 def batch_prefix(partition: int, batch_id: str) -> bytes:
     """The ledger key prefix of a batch's messages on `partition`."""
     return f"{partition:04d}{batch_id}".encode()
-
-
-def messages_topic(settings: Settings, priority: Priority) -> str:
-    return f"{settings.service.id}-messages-{priority}"
-
-
-def messages_topics(settings: Settings) -> list[str]:
-    return [messages_topic(settings, p) for p in PRIORITIES]

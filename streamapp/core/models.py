@@ -105,7 +105,7 @@ class SoftBounce(msgspec.Struct, tag="softbounce", kw_only=True):
 
     Published by the send engine to the recipient-commands topic, so the one writer of the
     recipients table keeps counting in order; five in a row make the recipient bounced
-    (streamapp.sending.bounces.apply_soft_bounce).
+    (streamapp.core.rules.apply_soft_bounce).
     """
 
     database: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from streamapp.core.models import HistoryRecord, Recipient, UpsertRecipient
+from streamapp.core.models import HistoryRecord, Recipient, SoftBounce, UpsertRecipient
 
 #: Newest records kept per recipient: one table value holds the whole list,
 #: and Kafka caps a changelog record at 1 MB.
@@ -70,3 +70,28 @@ def append_history(current: list[HistoryRecord], records: list[HistoryRecord]) -
         return current
     merged = sorted([*new, *current], key=lambda r: r.time, reverse=True)
     return merged[:HISTORY_LIMIT]
+
+
+# -- soft bounces (SPEC §6): five in a row make a recipient bounced. Applied by the one writer of
+# the recipients table, so counting stays in order with every other write of the recipient; a
+# command at or before the recipient's `seq` was already applied and changes nothing ("inc" is
+# idempotent across replays).
+
+#: Soft bounces in a row that make a recipient bounced.
+SOFT_BOUNCE_LIMIT = 5
+
+
+def apply_soft_bounce(current: Recipient | None, command: SoftBounce, seq: int = 0) -> Recipient | None:
+    """The recipient after the command, or None when nothing changes (unknown recipient, replay)."""
+    if current is None or (seq and current.seq >= seq):
+        return None
+    if command.action == "reset":
+        if current.softBounces == 0:
+            return None
+        return msgspec.structs.replace(current, softBounces=0, seq=max(current.seq, seq))
+    count = current.softBounces + 1
+    status = "bounced" if count >= SOFT_BOUNCE_LIMIT else current.status
+    updated_at = max(current.updatedAt, command.at)
+    return msgspec.structs.replace(
+        current, softBounces=count, status=status, updatedAt=updated_at, seq=max(current.seq, seq)
+    )

@@ -42,6 +42,15 @@ class FieldError:
         return {"path": self.path, "message": self.message}
 
 
+class InvalidInput(Exception):
+    """Domain code refuses input: every bad field with its path (the HTTP layer answers 422)."""
+
+    def __init__(self, errors: list[FieldError], message: str = "invalid body") -> None:
+        super().__init__(message)
+        self.errors = errors
+        self.message = message
+
+
 def check_original_id(value: Any, path: str) -> list[FieldError]:
     if not isinstance(value, str):
         return [FieldError(path, "must be a string")]

@@ -1,12 +1,13 @@
-"""Serving reads from any worker: find the worker that owns a key, forward if not us.
+"""Serving reads from any worker: find the worker that owns a row, forward if not us.
 
-A table partition lives on one worker; Faust's partition assignor tells every
-member which worker (by its advertised URL) owns which partition.
+A table partition lives on one worker (streamapp.kafka.ownership names it). A forwarded request
+is never forwarded again: while ownership moves, the answer is 503 with `Retry-After: 1`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -14,7 +15,7 @@ from yarl import URL
 
 from streamapp.core.keys import partition_for
 from streamapp.http.errors import unavailable
-from streamapp.runtime import StreamApp
+from streamapp.kafka.ownership import Ownership, OwnerUnknown
 
 log = logging.getLogger(__name__)
 
@@ -23,31 +24,48 @@ FORWARDED = "X-Streamapp-Forwarded"
 SERVED_BY = "X-Streamapp-Served-By"
 _PASSED_HEADERS = ("Authorization", "Accept", "Content-Type", "Idempotency-Key")
 
+#: Builds the answer from this worker's own store (raises ApiError for 403/404).
+ReadLocally = Callable[[], Awaitable[web.Response]]
+
 
 class OwnerRouter:
-    def __init__(self, sa: StreamApp) -> None:
-        self.sa = sa
-        self.self_url = URL(sa.settings.service.advertised_url)
+    def __init__(self, ownership: Ownership, partitions: int) -> None:
+        self.ownership = ownership
+        self.partitions = partitions
+        self.self_url = ownership.self_url
         self._session: aiohttp.ClientSession | None = None
 
-    def owner(self, table: str, key: bytes) -> URL | None:
-        """The URL of the worker owning `key`, or None when it is this worker (503 when unknown).
-
-        The partition is computed like the writers compute it (not through the
-        producer's metadata, which may not know the changelog topic yet).
-        """
-        return self.owner_of_partition(table, partition_for(key, self.sa.settings.service.partitions))
+    def partition(self, key: bytes) -> int:
+        """A recipient key's partition, computed like the writers compute it (not through the
+        producer's metadata, which may not know the changelog topic yet)."""
+        return partition_for(key, self.partitions)
 
     def owner_of_partition(self, table: str, partition: int) -> URL | None:
         """The URL of the worker owning `partition` of `table`, or None when it is this worker."""
-        if not self.sa.is_ready():
-            raise unavailable("worker is starting or rebalancing")
-        changelog = self.sa.faust.tables[table].changelog_topic.get_topic_name()
-        for url, topics in self.sa.faust.assignor.changelog_distribution.items():
-            if partition in topics.get(changelog, ()):
-                owner = URL(url)
-                return None if (owner.host, owner.port) == (self.self_url.host, self.self_url.port) else owner
-        raise unavailable("partition assignment not known yet")
+        try:
+            return self.ownership.owner_of(table, partition)
+        except OwnerUnknown as exc:
+            raise unavailable(str(exc)) from None
+
+    async def serve(self, request: web.Request, table: str, partition: int, read: ReadLocally) -> web.Response:
+        """Forward to the owner of `partition`, or answer from this worker's store."""
+        owner = self.owner_of_partition(table, partition)
+        if owner is not None:
+            return await self.forward(request, owner)
+        return self.served_here(await read())
+
+    async def serve_key(self, request: web.Request, table: str, key: bytes, read: ReadLocally) -> web.Response:
+        """`serve` for the partition of a recipient key."""
+        return await self.serve(request, table, self.partition(key), read)
+
+    async def serve_body(
+        self, request: web.Request, table: str, partition: int, body: bytes, read: ReadLocally
+    ) -> web.Response:
+        """`serve` for a request whose body was read already (forwarded with it)."""
+        owner = self.owner_of_partition(table, partition)
+        if owner is not None:
+            return await self.forward(request, owner, body=body)
+        return self.served_here(await read())
 
     async def forward(self, request: web.Request, owner: URL, body: bytes | None = None) -> web.Response:
         """Replay the request (with `body`, already read) on the owner; a forwarded request is never forwarded again."""

@@ -12,14 +12,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from mode import Service
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamapp import metrics
-from streamapp.http.auth import Authenticator
-from streamapp.http.errors import ApiError, json_response
+from streamapp.core.validation import InvalidInput
+from streamapp.http.errors import ApiError, json_response, unprocessable
 from streamapp.http.forwarding import OwnerRouter
-from streamapp.http.openapi import openapi_document
-from streamapp.http.routes.recipients import RecipientRoutes
+from streamapp.http.handlers import register_routes
+from streamapp.kafka.ownership import Ownership
 from streamapp.runtime import StreamApp
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
     except ApiError as exc:
         response = exc.response()
+    except InvalidInput as exc:
+        response = unprocessable(exc.errors, exc.message).response()
     except web.HTTPException as exc:
         kept = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         response = json_response({"error": exc.reason}, status=exc.status, headers=kept)
@@ -55,43 +56,15 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def owner_router(sa: StreamApp) -> OwnerRouter:
+    service = sa.settings.service
+    return OwnerRouter(Ownership(sa.kafka, service.advertised_url), service.partitions)
+
+
 def build_web_app(sa: StreamApp, owners: OwnerRouter) -> web.Application:
     app = web.Application(middlewares=[observe], client_max_size=sa.settings.service.max_body_bytes + 1)
-    document = openapi_document(sa.settings)
-
-    async def healthz(request: web.Request) -> web.Response:
-        ready = sa.is_ready()
-        return json_response({"ready": ready}, status=200 if ready else 503)
-
-    async def metrics_page(request: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def openapi(request: web.Request) -> web.Response:
-        return json_response(document)
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/api/v1/openapi.json", openapi)
-    auth = Authenticator(sa.settings.tokens)
-    RecipientRoutes(sa, auth, owners).add_to(app)
-    if sa.sending is not None:
-        _add_sending_routes(app, sa, auth, owners)
+    register_routes(app, sa, owners)
     return app
-
-
-def _add_sending_routes(app: web.Application, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
-    """Triggers, campaigns, message and batch status, the unsubscribe page (docs/sending.md)."""
-    from streamapp.http.routes.batches import BatchRoutes
-    from streamapp.http.routes.messages import MessageRoutes
-    from streamapp.http.routes.triggers import TriggerRoutes
-    from streamapp.http.routes.unsubscribe import UnsubscribeRoutes
-    from streamapp.sending.engine import unsubscribe_secret
-
-    TriggerRoutes(sa, auth, owners).add_to(app)
-    BatchRoutes(sa, auth, owners).add_to(app)
-    MessageRoutes(sa, auth, owners).add_to(app)
-    UnsubscribeRoutes(lambda commands: sa.publisher.publish(commands), unsubscribe_secret(sa.settings)).add_to(app)
 
 
 class ApiServer(Service):  # type: ignore[misc]
@@ -100,7 +73,9 @@ class ApiServer(Service):  # type: ignore[misc]
     def __init__(self, sa: StreamApp, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.sa = sa
-        self.owners = OwnerRouter(sa)
+        self.owners = OwnerRouter(
+            Ownership(sa.kafka, sa.settings.service.advertised_url), sa.settings.service.partitions
+        )
         self.runner = web.AppRunner(build_web_app(sa, self.owners), access_log=None)
 
     async def on_start(self) -> None:

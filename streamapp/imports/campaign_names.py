@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from streamapp.imports.csvreader import FileRejected
 from streamapp.settings import Settings
+from streamapp.tabular.csvreader import FileRejected
 
 PATTERN = "<database>__<campaign>__<YYYYMMDDTHHMM>.csv"
 _NAME = re.compile(

@@ -27,24 +27,22 @@ import logging
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from streamapp.core.models import RecipientCommand, SweepInactive
-from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
 from streamapp.imports.files import Claim, DropLayout
 from streamapp.imports.report import ImportReport, encode_report
-from streamapp.imports.rows import convert_history, convert_recipients, plan_columns
 from streamapp.imports.send_files import SendFileTarget, seen_key, send_drops, send_file, target_of
-from streamapp.kafka.publisher import CommandPublisher, aiokafka_send
-from streamapp.kafka.topics import bootstrap_servers, commands_topic
+from streamapp.kafka.publisher import AckWindow, CommandPublisher, aiokafka_send, new_producer, started_producer
+from streamapp.kafka.topics import commands_topic
 from streamapp.settings import ImportSettings, Settings, load_settings
+from streamapp.tabular.csvreader import DelimitedFile, FileRejected, precheck
+from streamapp.tabular.rows import convert_history, convert_recipients, plan_columns
 
 log = logging.getLogger(__name__)
 
@@ -132,25 +130,13 @@ async def run_import(
 async def _send_file(
     settings: Settings, target: SendFileTarget, claim: Claim, report: ImportReport, parent_pid: int | None
 ) -> None:
-    producer = _producer(settings)
-    await producer.start()
-    try:
+    async with started_producer(settings) as producer:
         await send_file(settings, target, claim, report, aiokafka_send(producer), lambda: _check_parent(parent_pid))
-    finally:
-        await producer.stop()
 
 
 def _check_parent(parent_pid: int | None) -> None:
     if parent_pid is not None and os.getppid() != parent_pid:
         raise ParentGone
-
-
-def _producer(settings: Settings) -> Any:
-    from aiokafka import AIOKafkaProducer
-
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings), acks="all", max_batch_size=512 * 1024, linger_ms=5
-    )
 
 
 async def _import_rows(
@@ -164,7 +150,7 @@ async def _import_rows(
     db = settings.databases[imp.database]
     zone = settings.service.zone
     source = DelimitedFile(Path(claim.path), imp.encoding, imp.delimiter, imp.header, ragged_ok=imp.kind == "history")
-    producer = _producer(settings)
+    producer = new_producer(settings)
     await producer.start()
     try:
         publisher = CommandPublisher(aiokafka_send(producer), commands_topic(settings), settings.service.partitions)
@@ -190,19 +176,16 @@ async def _import_rows(
             return commands, sorted(batch.rejected + bad)
 
         digest = report.sha256 or ""
-        in_flight: deque[list[Awaitable[Any]]] = deque()
+        in_flight = AckWindow(MAX_BATCHES_IN_FLIGHT)
         while (chunk := await asyncio.to_thread(next_chunk)) is not None:
             _check_parent(parent_pid)
             commands, rejected = chunk
             report.reject_rows(rejected)
             report.applied += len(commands)
-            in_flight.append(await publisher.enqueue(commands))  # sends queued in file order
-            while len(in_flight) > MAX_BATCHES_IN_FLIGHT:
-                await asyncio.gather(*in_flight.popleft())
+            await in_flight.add(await publisher.enqueue(commands))  # sends queued in file order
             if progress:
                 progress(source.rows_read, source.position())
-        for acks in in_flight:
-            await asyncio.gather(*acks)
+        await in_flight.drain()
         report.rowsRead = source.rows_read
         if report.rowsRead == 0:
             raise FileRejected("no data rows" + (" (only a header line)" if imp.header else ""))

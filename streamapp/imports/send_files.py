@@ -18,7 +18,6 @@ from typing import Literal
 from streamapp.core.ids import new_batch_id
 from streamapp.core.models import BatchInfo
 from streamapp.imports.campaign_names import parse_campaign_name
-from streamapp.imports.csvreader import FileRejected
 from streamapp.imports.files import Claim
 from streamapp.imports.report import ImportReport
 from streamapp.kafka.publisher import Send
@@ -26,6 +25,7 @@ from streamapp.sending import retry
 from streamapp.sending.batch_rows import IDENTITY, read_rows
 from streamapp.sending.batches import BatchSender, NothingAccepted, SendTarget, send_rows
 from streamapp.settings import ImportSettings, Settings
+from streamapp.tabular.csvreader import FileRejected
 
 #: A send file is taken once its size has not changed this long.
 SETTLE_SECONDS = 2.0

@@ -7,12 +7,18 @@ every event, which is what lets the API answer 202 without losing anything.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
 
 from streamapp.core.keys import partitions_for, recipient_key
 from streamapp.core.models import Command, CommandBatch, RecipientCommand, encode
+from streamapp.kafka.topics import bootstrap_servers
+from streamapp.settings import Settings
 
 #: Commands per event; keeps an event far below Kafka's 1 MB message limit.
 CHUNK = 1000
@@ -48,14 +54,53 @@ def _encode_bounded(commands: list[Command]) -> list[bytes]:
 Send = Callable[[str, bytes, int], Awaitable[Awaitable[Any]]]
 
 
-def faust_send(producer: Any) -> Send:
-    """Send through a Faust app's producer (inside a worker)."""
-    return lambda topic, value, partition: producer.send(topic, None, value, partition, None, None)
+def faust_send(app: faust.App) -> Send:
+    """Send through a Faust app's producer (inside a worker; resolved per call, as Faust starts it late)."""
+    return lambda topic, value, partition: app.producer.send(topic, None, value, partition, None, None)
 
 
-def aiokafka_send(producer: Any) -> Send:
+def aiokafka_send(producer: AIOKafkaProducer) -> Send:
     """Send through a plain aiokafka producer (import jobs, the CLI)."""
     return lambda topic, value, partition: producer.send(topic, value=value, partition=partition)
+
+
+def new_producer(settings: Settings, linger_ms: int = 5) -> AIOKafkaProducer:
+    """The one producer configuration outside a worker's Faust app: acks from every replica, large batches."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings), acks="all", max_batch_size=512 * 1024, linger_ms=linger_ms
+    )
+
+
+@contextlib.asynccontextmanager
+async def started_producer(settings: Settings, linger_ms: int = 5) -> AsyncIterator[AIOKafkaProducer]:
+    producer = new_producer(settings, linger_ms)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+class AckWindow:
+    """Groups of sends whose acknowledgements may be outstanding, at most `size` groups (bounds memory).
+
+    Producing the next chunk while earlier ones are in flight keeps the broker busy; awaiting the
+    oldest group once the window is full keeps what a crash can leave unacknowledged bounded.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.groups: deque[list[Awaitable[Any]]] = deque()
+
+    async def add(self, acks: list[Awaitable[Any]]) -> None:
+        self.groups.append(acks)
+        while len(self.groups) > self.size:
+            await asyncio.gather(*self.groups.popleft())
+
+    async def drain(self, return_exceptions: bool = False) -> None:
+        """Wait for every outstanding acknowledgement (raising the first failure unless told not to)."""
+        while self.groups:
+            await asyncio.gather(*self.groups.popleft(), return_exceptions=return_exceptions)
 
 
 class CommandPublisher:

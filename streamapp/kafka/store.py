@@ -1,24 +1,23 @@
-"""Bulk writes to a RocksDB-backed Faust table: one WriteBatch and one
-changelog produce batch per partition chunk, instead of Faust's per-key path.
+"""Every RocksDB access of the worker: one `Store` per Faust table, one `PartitionTransaction` per event.
 
-Why: `table[key] = value` costs about 70 µs per key in Faust (a FutureMessage,
-a PendingMessage, sensor calls and a produce future per key), which caps a
-worker near 14,000 rows/s. Here a chunk of rows costs one RocksDB write and a
-few aiokafka batches, while the changelog keeps one record per key, so log
-compaction, recovery and standby replicas work exactly as for Faust's own
-writes.
+Why not Faust's own `table[key] = value`: it costs about 70 µs per key (a FutureMessage, a
+PendingMessage, sensor calls and a produce future per key), which caps a worker near 14,000
+rows/s. A transaction here writes a chunk of rows with one RocksDB `WriteBatch` and a few
+aiokafka produce batches, while the changelog keeps one record per key, so log compaction,
+recovery and standby replicas work exactly as for Faust's own writes (the shape is quix-streams'
+`PartitionTransaction`).
 
-Guarantees, same as Faust's at-least-once tables:
+Guarantees, the same as Faust's at-least-once tables:
 - rows are written to the partition's RocksDB at once (reads see them);
-- changelog batches are queued in aiokafka's accumulator, which Faust flushes
-  before it commits the source offsets, so no source offset is committed
-  before the changelog records of the rows it produced;
-- the store's persisted changelog offset advances when a batch is acked
-  (recovery replays from there); a failed changelog send crashes the worker
-  rather than committing past lost state.
+- changelog batches are queued in aiokafka's accumulator, which Faust flushes before it commits
+  the source offsets, so no source offset is committed before the changelog records of the rows
+  it produced;
+- the store's persisted changelog offset advances when a batch is acked (recovery replays from
+  there); a failed changelog send crashes the worker rather than committing past lost state.
 
-It relies on faust-streaming's RocksDB store internals (`_db_for_partition`,
-`set_persisted_offset`, `offset_key`): faust-streaming is pinned to 0.15.x.
+This module and the rest of `streamapp.kafka` are the only places that touch faust-streaming's
+RocksDB store internals (`_db_for_partition`, `set_persisted_offset`) and the producer's
+aiokafka client (`_ensure_producer`): faust-streaming is pinned to 0.15.x for them.
 """
 
 from __future__ import annotations
@@ -28,26 +27,88 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import faust
+from faust.types import TP
 from rocksdict import WriteBatch
 
 log = logging.getLogger(__name__)
 
 _MISSING = object()
+#: Faust's own bookkeeping rows (persisted offsets) share the key space of every table.
+FAUST_KEYS = b"__faust"
 _crashes: set[asyncio.Task[Any]] = set()  # keeps crash tasks referenced until done
 
 
-class PartitionChunk:
-    """Reads and writes of one table partition while one event is processed."""
+def aiokafka_producer(app: faust.App) -> Any:
+    """The aiokafka producer under Faust's (for produce batches and per-record acks)."""
+    return app.producer._ensure_producer()
 
-    def __init__(self, table: Any, partition: int) -> None:
+
+class Store:
+    """One RocksDB-backed Faust table: its partitions' databases and its changelog topic."""
+
+    def __init__(self, app: faust.App, table: Any) -> None:
+        self.app = app
         self.table = table
+        self.name: str = table.name
+
+    @property
+    def changelog(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+    def db(self, partition: int) -> Any:
+        """The rocksdict database of one partition this worker holds (raw bytes keys and values)."""
+        return self.table.data._db_for_partition(partition)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        value: bytes | None = self.db(partition).get(key)
+        return value
+
+    def items(self, partition: int, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Stored rows of a partition whose key starts with `prefix`, in key order (Faust's rows skipped)."""
+        for key, value in self.db(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            if not key.startswith(FAUST_KEYS):
+                yield key, value
+
+    def transaction(self, partition: int) -> PartitionTransaction:
+        return PartitionTransaction(self, partition)
+
+    async def put_durably(self, partition: int, key: bytes, value: bytes) -> None:
+        """Write one row of a partition this worker owns; return once the changelog acknowledged it."""
+        self.db(partition)[key] = value
+        pending = await aiokafka_producer(self.app).send(self.changelog, value=value, key=key, partition=partition)
+        metadata = await pending
+        self.record_persisted(partition, metadata.offset)
+
+    def record_persisted(self, partition: int, offset: int) -> None:
+        """Advance the store's persisted changelog offset (where recovery resumes) after an ack.
+
+        Never backwards: the done-callback of an earlier batch can run after a later write's ack
+        was already recorded (found by tests/kafka/test_store.py).
+        """
+        tp = TP(self.changelog, partition)
+        try:
+            current = self.table.data.persisted_offset(tp)
+            if current is None or offset > current:
+                self.table.data.set_persisted_offset(tp, offset)
+        except Exception:  # partition revoked and its DB closed meanwhile
+            log.debug("persisted offset not recorded for revoked %s[%d]", self.changelog, partition)
+
+
+class PartitionTransaction:
+    """Reads and staged writes of one table partition while one event is processed."""
+
+    def __init__(self, store: Store, partition: int) -> None:
+        self.store = store
         self.partition = partition
-        self.db = table.data._db_for_partition(partition)
+        self.db = store.db(partition)
         self.pending: dict[bytes, bytes | None] = {}
         self.loaded: dict[bytes, bytes | None] = {}
 
     def prefetch(self, keys: list[bytes]) -> None:
-        """One multi-get for the keys the chunk will read."""
+        """One multi-get for the keys the transaction will read."""
         wanted = [k for k in dict.fromkeys(keys) if k not in self.loaded]
         if wanted:
             self.loaded.update(zip(wanted, self.db[wanted], strict=True))
@@ -76,7 +137,7 @@ class PartitionChunk:
         """Stage a value (None deletes); only the last value of a key is written."""
         self.pending[key] = value
 
-    async def flush(self, app: Any) -> None:
+    async def flush(self) -> None:
         """Write staged rows to RocksDB and queue them on the changelog."""
         if not self.pending:
             return
@@ -87,12 +148,11 @@ class PartitionChunk:
             else:
                 batch.put(key, value)
         self.db.write(batch)
-        await self._send_changelog(app)
+        await self._send_changelog()
         self.pending = {}
 
-    async def _send_changelog(self, app: Any) -> None:
-        producer = app.producer._ensure_producer()
-        topic = self.table.changelog_topic.get_topic_name()
+    async def _send_changelog(self) -> None:
+        producer = aiokafka_producer(self.store.app)
         items = list(self.pending.items())
         while items:
             builder = producer.create_batch()
@@ -103,47 +163,21 @@ class PartitionChunk:
                 count += 1
             if count == 0:
                 raise ValueError(f"a changelog record of {len(items[0][1] or b'')} bytes does not fit a batch")
-            future = await producer.send_batch(builder, topic, partition=self.partition)
-            future.add_done_callback(self._on_sent(app, count))
+            future = await producer.send_batch(builder, self.store.changelog, partition=self.partition)
+            future.add_done_callback(self._on_sent(count))
             items = items[count:]
 
-    def _on_sent(self, app: Any, count: int) -> Any:
-        table, partition = self.table, self.partition
-        changelog = table.changelog_topic.get_topic_name()
+    def _on_sent(self, count: int) -> Any:
+        store, partition = self.store, self.partition
 
         def done(future: asyncio.Future[Any]) -> None:
             if future.cancelled() or future.exception() is not None:
                 exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
-                log.critical("changelog write to %s[%d] failed: %r", changelog, partition, exc)
-                task = asyncio.ensure_future(app.crash(exc))
+                log.critical("changelog write to %s[%d] failed: %r", store.changelog, partition, exc)
+                task = asyncio.ensure_future(store.app.crash(exc))
                 _crashes.add(task)
                 task.add_done_callback(_crashes.discard)
                 return
-            record_persisted(table, partition, future.result().offset + count - 1)
+            store.record_persisted(partition, future.result().offset + count - 1)
 
         return done
-
-
-async def put_durably(app: Any, table: Any, partition: int, key: bytes, value: bytes) -> None:
-    """Write one row of a partition this worker owns; return once the changelog acknowledged it."""
-    table.data._db_for_partition(partition)[key] = value
-    producer = app.producer._ensure_producer()
-    changelog = table.changelog_topic.get_topic_name()
-    pending = await producer.send(changelog, value=value, key=key, partition=partition)
-    metadata = await pending
-    record_persisted(table, partition, metadata.offset)
-
-
-def record_persisted(table: Any, partition: int, offset: int) -> None:
-    """Advance the store's persisted changelog offset (where recovery resumes) after an ack."""
-    changelog = table.changelog_topic.get_topic_name()
-    try:
-        table.data.set_persisted_offset(_tp(changelog, partition), offset)
-    except Exception:  # partition revoked and its DB closed meanwhile
-        log.debug("persisted offset not recorded for revoked %s[%d]", changelog, partition)
-
-
-def _tp(topic: str, partition: int) -> Any:
-    from faust.types import TP
-
-    return TP(topic, partition)

@@ -1,4 +1,4 @@
-"""Source topics, created before a worker subscribes to them.
+"""Every topic name, and the source topics created before a worker subscribes to them.
 
 Faust creates its changelog topics itself, but a consumer that subscribes to
 a source topic the broker does not have yet gets it ignored by the partition
@@ -16,7 +16,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streamapp.core.ids import messages_topics
+from streamapp.core.models import PRIORITIES, Priority
 from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,14 @@ class TopicError(RuntimeError):
 
 def commands_topic(settings: Settings) -> str:
     return f"{settings.service.id}-recipient-commands"
+
+
+def messages_topic(settings: Settings, priority: Priority) -> str:
+    return f"{settings.service.id}-messages-{priority}"
+
+
+def messages_topics(settings: Settings) -> list[str]:
+    return [messages_topic(settings, p) for p in PRIORITIES]
 
 
 def source_topics(settings: Settings) -> list[str]:

@@ -22,9 +22,9 @@ from ijson.common import ObjectBuilder
 
 from streamapp.core.models import RowError, UpsertRecipient
 from streamapp.core.validation import parse_recipient
-from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
-from streamapp.imports.rows import convert_recipients, plan_columns
 from streamapp.settings import DatabaseSettings, ImportSettings
+from streamapp.tabular.csvreader import DelimitedFile, FileRejected, precheck
+from streamapp.tabular.rows import convert_recipients, plan_columns
 
 Format = Literal["csv", "ndjson", "json"]
 CHUNK_ROWS = 2000

@@ -14,22 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
-from streamapp.core.ids import batch_message_id, batch_partition, messages_topic, new_batch_id
+from streamapp.core.ids import batch_message_id, batch_partition, new_batch_id
 from streamapp.core.keys import partitions_for, recipient_key
 from streamapp.core.models import BatchInfo, Priority, RowError, SendMessage, UpsertRecipient, encode
 from streamapp.core.validation import now_iso
-from streamapp.imports.csvreader import FileRejected
-from streamapp.kafka.publisher import CommandPublisher, Send
-from streamapp.kafka.topics import commands_topic
+from streamapp.kafka.publisher import AckWindow, CommandPublisher, Send
+from streamapp.kafka.topics import commands_topic, messages_topic
 from streamapp.sending.batch_rows import RowChunk
 from streamapp.settings import CampaignSettings, Settings, TriggerSettings
+from streamapp.tabular.csvreader import FileRejected
 
 #: Row errors listed in a batch's status (the count is always complete), and their length.
 MAX_ERRORS = 1000
@@ -155,15 +154,13 @@ async def send_rows(
     those rows: the batch is finished with the reason as its last error. Before any row was
     read, NothingAccepted is raised instead.
     """
-    in_flight: deque[list[Awaitable[Any]]] = deque()
+    in_flight = AckWindow(MAX_CHUNKS_IN_FLIGHT)
     read = 0
     try:
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             between_chunks()
             read += len(chunk)
-            in_flight.append(await sender.add(chunk))
-            while len(in_flight) > MAX_CHUNKS_IN_FLIGHT:
-                await asyncio.gather(*in_flight.popleft())
+            await in_flight.add(await sender.add(chunk))
     except FileRejected as exc:
         if read == 0:
             raise NothingAccepted(str(exc)) from None
@@ -173,17 +170,15 @@ async def send_rows(
             await _finish_interrupted(sender, in_flight, exc)
             raise BatchInterrupted(sender.batch_id, read, exc) from exc
         raise
-    for acks in in_flight:
-        await asyncio.gather(*acks)
+    await in_flight.drain()
     if read == 0:
         raise NothingAccepted("no rows")
     return await sender.finish()
 
 
-async def _finish_interrupted(sender: BatchSender, in_flight: deque[list[Awaitable[Any]]], exc: Exception) -> None:
+async def _finish_interrupted(sender: BatchSender, in_flight: AckWindow, exc: Exception) -> None:
     """Best effort: record what was published, so the messages that go out have a batch status."""
     sender.reject([RowError(reason=f"the batch stopped here: {exc!r}; later rows were not read")])
     with contextlib.suppress(Exception):
-        for acks in in_flight:
-            await asyncio.gather(*acks, return_exceptions=True)
+        await in_flight.drain(return_exceptions=True)
         await sender.finish()

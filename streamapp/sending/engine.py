@@ -11,18 +11,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aiokafka import TopicPartition
 from mode import Service
 
 from streamapp import metrics
-from streamapp.core.ids import messages_topic
 from streamapp.core.models import PRIORITIES, Priority, RecipientCommand, SendMessage
+from streamapp.kafka.app import KafkaApp
 from streamapp.kafka.gaps import OffsetTracker, read_range
-from streamapp.kafka.topics import bootstrap_servers
+from streamapp.kafka.publisher import CommandPublisher
+from streamapp.kafka.store import Store
+from streamapp.kafka.topics import bootstrap_servers, messages_topic
 from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.smtp import SmtpPool
 from streamapp.mail.templates import TemplateStore
@@ -34,9 +35,6 @@ from streamapp.sending.pipeline import Job, Pipeline
 from streamapp.sending.schedule import Schedule
 from streamapp.settings import Settings
 
-if TYPE_CHECKING:
-    from streamapp.runtime import StreamApp
-
 log = logging.getLogger(__name__)
 
 #: Sender tasks per SMTP connection: while one waits for its ledger write, another uses the connection.
@@ -44,24 +42,6 @@ SENDERS_PER_CONNECTION = 2
 #: Queued messages per priority at which its partitions stop being fetched (resumed below half).
 QUEUE_HIGH = 1000
 TICK_SECONDS = 0.02
-
-
-def _unread(consumer: Any, tps: list[TopicPartition]) -> bool:
-    """Whether any of the partitions has records this consumer has not handed out yet.
-
-    Uses the high-water mark of the last fetch response and the fetch position (aiokafka's
-    assignment state): both local, no request to the broker.
-    """
-    assignment = consumer._subscription.subscription.assignment if consumer._subscription.subscription else None
-    if assignment is None:
-        return False
-    for tp in tps:
-        if tp not in assignment.tps:
-            continue
-        highwater, position = consumer.highwater(tp), assignment.state_value(tp).position
-        if highwater is not None and position is not None and highwater > position:
-            return True
-    return False
 
 
 def template_names(settings: Settings) -> set[str]:
@@ -73,29 +53,47 @@ def unsubscribe_secret(settings: Settings) -> bytes:
     return load_or_create_secret(settings.service.data_dir / "unsubscribe.key")
 
 
+@dataclass(frozen=True, slots=True)
+class SendStores:
+    """The tables the engine reads and writes: recipients and history (read), the ledger."""
+
+    recipients: Store
+    history: Store
+    messages: Store
+
+
 class SendEngine(Service):  # type: ignore[misc]
-    def __init__(self, sa: StreamApp, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        kafka: KafkaApp,
+        stores: SendStores,
+        publisher: CommandPublisher,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        assert sa.settings.smtp is not None, "sending needs [smtp] (or the dev sink)"
-        self.sa = sa
-        self.smtp = smtp = sa.settings.smtp
-        self.topics: dict[Priority, str] = {p: messages_topic(sa.settings, p) for p in PRIORITIES}
-        self.ledger = Ledger(sa.faust, sa.messages)
+        assert settings.smtp is not None, "sending needs [smtp] (or the dev sink)"
+        self.settings = settings
+        self.kafka = kafka
+        self.publisher = publisher
+        self.smtp = smtp = settings.smtp
+        self.topics: dict[Priority, str] = {p: messages_topic(settings, p) for p in PRIORITIES}
+        self.ledger = Ledger(stores.messages)
         self.schedule = Schedule()
         self.pool = SmtpPool(
             smtp.host, smtp.port, smtp.connections, smtp.rate_per_second, smtp.username, smtp.password, smtp.starttls
         )
         self.pipeline = Pipeline(
             smtp=smtp,
-            public_url=sa.settings.service.public_url,
+            public_url=settings.service.public_url,
             ledger=self.ledger,
-            recipients=sa.recipients,
-            history=sa.history,
-            templates=TemplateStore.load(sa.settings.templates_dir, template_names(sa.settings)),
+            recipients=stores.recipients,
+            history=stores.history,
+            templates=TemplateStore.load(settings.templates_dir, template_names(settings)),
             builder=MimeBuilder(smtp.sender, unsubscribe_mailto=smtp.unsubscribe_mailto),
             send=self.pool.send,
             publish=self._publish,
-            secret=unsubscribe_secret(sa.settings),
+            secret=unsubscribe_secret(settings),
             schedule=self.schedule.add,
         )
         self.dispatcher = Dispatcher(self._run, smtp.connections * SENDERS_PER_CONNECTION, QUEUE_HIGH)
@@ -122,7 +120,7 @@ class SendEngine(Service):  # type: ignore[misc]
         metrics.SKIPPED_RECORDS.inc(end - start)
 
         async def refill() -> None:
-            for command in await read_range(bootstrap_servers(self.sa.settings), tp.topic, tp.partition, start, end):
+            for command in await read_range(bootstrap_servers(self.settings), tp.topic, tp.partition, start, end):
                 self.dispatcher.submit(Job(command, tp.partition))
 
         self.add_future(refill())
@@ -148,7 +146,7 @@ class SendEngine(Service):  # type: ignore[misc]
                 log.info("message %s dropped: partition %d was revoked (%r)", message_id, job.partition, exc)
                 return
             log.exception("cannot record the outcome of message %s: stopping the worker", message_id)
-            await self.sa.faust.crash(exc)
+            await self.kafka.crash(exc)
             return
         finally:
             self.active.discard(message_id)
@@ -157,7 +155,7 @@ class SendEngine(Service):  # type: ignore[misc]
 
     def _stopping(self) -> bool:
         """The app closes its tables on shutdown: nothing may be sent or recorded from then on."""
-        return bool(self.should_stop or self.sa.faust.should_stop)
+        return bool(self.should_stop or self.kafka.should_stop)
 
     @staticmethod
     def _ack(job: Job) -> None:
@@ -165,7 +163,7 @@ class SendEngine(Service):  # type: ignore[misc]
             job.event.ack()
 
     async def _publish(self, commands: list[RecipientCommand]) -> None:
-        await self.sa.publisher.publish(commands)
+        await self.publisher.publish(commands)
 
     # -- service ---------------------------------------------------------------
 
@@ -174,14 +172,14 @@ class SendEngine(Service):  # type: ignore[misc]
             self.add_future(self.dispatcher.sender())
         self.add_future(self._ticker())
         self.add_future(self._gauges())
-        self.sa.faust.on_partitions_revoked.connect(self._on_revoked)
+        self.kafka.on_revoked(self._on_revoked)
         log.info("send engine: %d sender tasks, SMTP %s:%d", self.dispatcher.senders, self.smtp.host, self.smtp.port)
 
     async def on_stop(self) -> None:
         await self.pool.close()
 
-    async def _on_revoked(self, sender: Any, revoked: Iterable[Any], **kwargs: Any) -> None:
-        mine = [(p, tp.partition) for tp in revoked for p, topic in self.topics.items() if tp.topic == topic]
+    async def _on_revoked(self, revoked: list[tuple[str, int]]) -> None:
+        mine = [(p, partition) for name, partition in revoked for p, topic in self.topics.items() if name == topic]
         partitions = {partition for _, partition in mine}
         self.owned -= partitions
         self.schedule.forget(partitions)
@@ -191,8 +189,7 @@ class SendEngine(Service):  # type: ignore[misc]
     # -- timer: schedule, flow control -------------------------------------------
 
     def _assigned_partitions(self) -> set[int]:
-        topic = self.topics["transactional"]  # all priority topics are co-partitioned
-        return {tp.partition for tp in self.sa.faust.consumer.assignment() if tp.topic == topic}
+        return self.kafka.assigned(self.topics["transactional"])  # all priority topics are co-partitioned
 
     async def _ticker(self) -> None:
         """Every tick: take over newly assigned partitions' schedules, release due messages, re-apply pauses."""
@@ -200,7 +197,7 @@ class SendEngine(Service):  # type: ignore[misc]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
             self._wake.clear()
-            if not self.sa.is_ready():
+            if not self.kafka.is_ready():
                 continue
             try:
                 self._tick()
@@ -230,40 +227,12 @@ class SendEngine(Service):  # type: ignore[misc]
         """Pause fetching the partitions of priorities that should wait; resume the others.
 
         A priority waits while its in-memory queue is full, or while a higher priority has work
-        queued in memory *or unread in Kafka* (high-water mark above the fetch position). The
-        second part is what makes a transactional message overtake a campaign: aiokafka hands
-        out buffered records partition by partition, so a transactional record fetched after a
-        megabyte of campaign records would otherwise wait for all of them to pass through Faust.
-
-        The pause is aiokafka's own, applied in the consumer's thread: aiokafka discards
-        records it buffered for a paused partition *without* moving its position, so they are
-        fetched again on resume. Faust's `pause_partitions` is not used: records of a partition
-        paused while Faust iterates a fetched batch are dropped and the read offset jumps, which
-        Faust takes for a gap and commits past (lost messages). aiokafka forgets pauses on every
-        rebalance, so each tick re-applies the wanted state.
+        queued in memory or unread in Kafka (streamapp.kafka.flow says why both).
         """
         queued = self.dispatcher.wanted_pauses()
         self._last_wanted = queued
-        owned, topics = set(self.owned), dict(self.topics)
-        thread = self.sa.faust.consumer._thread
-
-        async def apply() -> None:
-            consumer = thread._ensure_consumer()
-            assigned = consumer.assignment()
-            wanted = set(queued)
-            for rank, priority in enumerate(PRIORITIES[:-1]):
-                if _unread(consumer, [TopicPartition(topics[priority], p) for p in owned]):
-                    wanted.update(PRIORITIES[rank + 1 :])
-            target = {TopicPartition(topics[p], partition) for p in wanted for partition in owned}
-            paused = {tp for tp in consumer.paused() if tp.topic in topics.values()}
-            pause = [tp for tp in target - paused if tp in assigned]
-            resume = [tp for tp in paused - target if tp in assigned]
-            if pause:
-                consumer.pause(*pause)
-            if resume:
-                consumer.resume(*resume)
-
-        await thread.call_thread(apply)
+        ranked = [self.topics[p] for p in PRIORITIES]
+        await self.kafka.pause_by_priority(ranked, {self.topics[p] for p in queued}, set(self.owned))
 
     # -- metrics -----------------------------------------------------------------
 
@@ -281,15 +250,16 @@ class SendEngine(Service):  # type: ignore[misc]
         Unread records are end offsets (asked from the broker: a paused partition's cached
         high-water mark is stale) minus the next offset this worker has not seen yet.
         """
-        if not self.sa.is_ready():
+        if not self.kafka.is_ready():
             return
-        consumer = self.sa.faust.consumer
         tps = [tp for tp in self.offsets.next if tp.partition in self.owned]
-        ends = await consumer.highwaters(*tps) if tps else {}
+        ends = await self.kafka.end_offsets((tp.topic, tp.partition) for tp in tps)
         waiting = self.schedule.counts()
         now = datetime.now(UTC)
         for priority, topic in self.topics.items():
-            unread = sum(max(0, end - self.offsets.next[tp]) for tp, end in ends.items() if tp.topic == topic)
+            unread = sum(
+                max(0, ends.get((tp.topic, tp.partition), 0) - self.offsets.next[tp]) for tp in tps if tp.topic == topic
+            )
             queue = self.dispatcher.queues[priority]
             metrics.QUEUE_DEPTH.labels(priority).set(unread + len(queue) + waiting[priority])
             oldest = (now - retry.parse_time(queue[0].command.enqueuedAt)).total_seconds() if queue else 0.0

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
-from streamapp.core.ids import messages_topic, partition_of
+from streamapp.core.ids import partition_of
 from streamapp.core.keys import partition_for, recipient_key
 from streamapp.core.models import SendMessage, encode
-from streamapp.kafka.publisher import Send, aiokafka_send
-from streamapp.kafka.topics import bootstrap_servers
+from streamapp.kafka.publisher import Send, aiokafka_send, started_producer
+from streamapp.kafka.topics import messages_topic
 from streamapp.settings import Settings
 
 
@@ -44,9 +44,5 @@ async def enqueue_with(producer: AIOKafkaProducer, settings: Settings, messages:
 
 async def enqueue(settings: Settings, messages: Sequence[SendMessage]) -> None:
     """Publish with a producer of its own (acks=all); returns once every message is acknowledged."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings), acks="all", linger_ms=5)
-    await producer.start()
-    try:
+    async with started_producer(settings) as producer:
         await enqueue_with(producer, settings, messages)
-    finally:
-        await producer.stop()

@@ -18,11 +18,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from streamapp.core.keys import partition_for
 from streamapp.core.models import IdempotencyRecord, decode_idempotency, encode
-from streamapp.kafka.store import put_durably
+from streamapp.kafka.store import Store
 from streamapp.sending import retry
 
 #: How long a key gives back its first message (SPEC §4).
@@ -34,11 +33,11 @@ def scoped_key(token: str, trigger: str, key: str) -> bytes:
 
 
 class IdempotencyKeys:
-    def __init__(self, app: Any, table: Any, partitions: int) -> None:
-        self.app = app
-        self.table = table
+    def __init__(self, store: Store, partitions: int) -> None:
+        self.store = store
         self.partitions = partitions
-        self._locks: dict[bytes, asyncio.Lock] = {}
+        #: One lock per key in use, with the number of requests holding or awaiting it.
+        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
 
     def partition(self, key: bytes) -> int:
         return partition_for(key, self.partitions)
@@ -46,17 +45,21 @@ class IdempotencyKeys:
     @contextlib.asynccontextmanager
     async def locked(self, key: bytes) -> AsyncIterator[None]:
         """Serialize requests with one key on this worker (the only one serving its partition)."""
-        lock = self._locks.setdefault(key, asyncio.Lock())
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
         try:
             async with lock:
                 yield
         finally:
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                self._locks.pop(key, None)
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     def get(self, key: bytes, now: datetime | None = None) -> IdempotencyRecord | None:
         """The live record of `key`; one older than KEY_LIFETIME counts as absent."""
-        raw = self.table.data._db_for_partition(self.partition(key)).get(key)
+        raw = self.store.get(self.partition(key), key)
         if raw is None:
             return None
         record = decode_idempotency(raw)
@@ -65,4 +68,4 @@ class IdempotencyKeys:
         return record
 
     async def put(self, key: bytes, record: IdempotencyRecord) -> None:
-        await put_durably(self.app, self.table, self.partition(key), key, encode(record))
+        await self.store.put_durably(self.partition(key), key, encode(record))

@@ -5,9 +5,10 @@ duplicates after a crash: a sender takes its next message only after the outcome
 is in the changelog, so at most one accepted-but-unrecorded message per sender task can be sent
 again by the worker that takes the partition over (docs/sending.md).
 
-Like tables/bulk.py, rows go straight to the partition's RocksDB and to the changelog through
-aiokafka (concurrent writes share produce batches: group commit for free), bypassing Faust's
-per-key path, and the store's persisted changelog offset advances on each ack.
+Like a PartitionTransaction (streamapp.kafka.store), rows go straight to the partition's RocksDB
+and to the changelog through aiokafka (concurrent writes share produce batches: group commit for
+free), bypassing Faust's per-key path, and the store's persisted changelog offset advances on
+each ack.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import msgspec
 
 from streamapp.core.ids import batch_prefix
 from streamapp.core.models import MessageState, decode_state, encode
-from streamapp.kafka.store import put_durably
+from streamapp.kafka.store import Store
 
 log = logging.getLogger(__name__)
-
-_FAUST_KEYS = b"__faust"
 
 
 class _StatusOnly(msgspec.Struct):
@@ -38,29 +36,23 @@ _status_decoder = msgspec.msgpack.Decoder(_StatusOnly)
 
 
 class Ledger:
-    def __init__(self, app: Any, table: Any) -> None:
-        self.app = app
-        self.table = table
-
-    def _db(self, partition: int) -> Any:
-        return self.table.data._db_for_partition(partition)
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def get(self, partition: int, message_id: str) -> MessageState | None:
-        raw = self._db(partition).get(message_id.encode())
+        raw = self.store.get(partition, message_id.encode())
         return decode_state(raw) if raw is not None else None
 
     async def put(self, partition: int, state: MessageState) -> None:
         """Write the row locally, then wait for the changelog's acknowledgement."""
-        await put_durably(self.app, self.table, partition, state.messageId.encode(), encode(state))
+        await self.store.put_durably(partition, state.messageId.encode(), encode(state))
 
     def count_batch(self, partition: int, batch_id: str, database: Callable[[str], bool]) -> Counter[str]:
         """Statuses of a batch's messages in this partition (one range of keys, streamapp.core.ids),
         counting only rows of databases for which `database(name)` holds."""
         prefix = batch_prefix(partition, batch_id)
         counts: Counter[str] = Counter()
-        for key, raw in self._db(partition).items(from_key=prefix):
-            if not key.startswith(prefix):
-                break
+        for _, raw in self.store.items(partition, prefix):
             row = _status_decoder.decode(raw)
             if database(row.database):
                 counts[row.status] += 1
@@ -68,9 +60,7 @@ class Ledger:
 
     def pending(self, partition: int) -> Iterator[MessageState]:
         """Every row of the partition that may still be sent (scheduled or deferred)."""
-        for key, raw in self._db(partition).items():
-            if key.startswith(_FAUST_KEYS):
-                continue
+        for key, raw in self.store.items(partition):
             try:
                 state = decode_state(raw)
             except msgspec.DecodeError:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Protocol
 
 import msgspec
 
@@ -34,6 +34,7 @@ from streamapp.core.models import (
     decode_history,
     decode_recipient,
 )
+from streamapp.kafka.store import Store
 from streamapp.mail.mime import MimeBuilder, MimeError
 from streamapp.mail.smtp import SmtpOutcome
 from streamapp.mail.templates import RenderError, TemplateStore
@@ -57,13 +58,19 @@ LATE_RECIPIENT_RETRY = 1.0
 LATE_RECIPIENT_LIMIT = 300.0
 
 
+class Ackable(Protocol):
+    """A consumed Kafka event (Faust's Event): acked once its message's outcome is recorded."""
+
+    def ack(self) -> object: ...
+
+
 @dataclass(slots=True)
 class Job:
     """A message to process on `partition`; `event` (from Kafka) is acked once it is recorded."""
 
     command: SendMessage
     partition: int
-    event: Any = None
+    event: Ackable | None = None
     released: bool = False  # taken from the schedule (scheduled or deferred before)
     queued_at: float = field(default_factory=time.monotonic)
 
@@ -88,8 +95,8 @@ class Pipeline:
         smtp: SmtpSettings,
         public_url: str,
         ledger: Ledger,
-        recipients: Any,
-        history: Any,
+        recipients: Store,
+        history: Store,
         templates: TemplateStore,
         builder: MimeBuilder,
         send: Send,
@@ -149,7 +156,7 @@ class Pipeline:
         return Outcome(reply.kind, reply.text if reply.kind != "sent" else None, reply), recipient
 
     def _build(self, command: SendMessage, recipient: Recipient, address: str, partition: int, key: bytes) -> bytes:
-        history_raw = self._db(self.history, partition).get(key)
+        history_raw = self.history.get(partition, key)
         history = msgspec.to_builtins(decode_history(history_raw)) if history_raw is not None else []
         attributes = recipient.attributes
         if command.attributes:  # null clears, as in the upsert
@@ -201,20 +208,15 @@ class Pipeline:
         by more when a restarted worker catches up on both topics.
         """
         command = job.command
-        db = self._db(self.recipients, job.partition)
-        raw: bytes | None = db.get(key)
+        raw = self.recipients.get(job.partition, key)
         fresh = (now - retry.parse_time(command.enqueuedAt)).total_seconds() < UNKNOWN_RECIPIENT_GRACE
         waits = (fresh or command.upserted) and not job.released  # a retry only looks again
         for _ in range(UNKNOWN_RECIPIENT_POLLS if waits else 0):
             if raw is not None:
                 break
             await asyncio.sleep(UNKNOWN_RECIPIENT_POLL_SECONDS)
-            raw = db.get(key)
+            raw = self.recipients.get(job.partition, key)
         return raw
-
-    @staticmethod
-    def _db(table: Any, partition: int) -> Any:
-        return table.data._db_for_partition(partition)
 
 
 def _suppression(recipient: Recipient, command: SendMessage) -> str | None:

@@ -20,8 +20,14 @@ import msgspec
 
 from streamapp.core.ids import message_id_for
 from streamapp.core.models import SendMessage, UpsertRecipient
-from streamapp.core.validation import FieldError, check_attributes, check_email, check_original_id, parse_datetime
-from streamapp.http.errors import unprocessable
+from streamapp.core.validation import (
+    FieldError,
+    InvalidInput,
+    check_attributes,
+    check_email,
+    check_original_id,
+    parse_datetime,
+)
 from streamapp.sending.batch_rows import MAX_DEPTH, nesting_depth
 from streamapp.settings import DatabaseSettings, TriggerSettings
 
@@ -44,7 +50,7 @@ class SingleRequest:
 def parse_single(body: Any, db: DatabaseSettings, zone: ZoneInfo, header_key: str | None) -> SingleRequest:
     """Validate the body; 422 listing every bad field."""
     if not isinstance(body, dict):
-        raise unprocessable([FieldError("/", "must be a JSON object")])
+        raise InvalidInput([FieldError("/", "must be a JSON object")])
     errors = [FieldError(f"/{k}", "unknown field") for k in body if k not in FIELDS]
     if "originalId" not in body:
         errors.append(FieldError("/originalId", "is required"))
@@ -72,7 +78,7 @@ def parse_single(body: Any, db: DatabaseSettings, zone: ZoneInfo, header_key: st
     key, key_errors = _idempotency_key(body.get("idempotencyKey"), header_key)
     errors += key_errors
     if errors:
-        raise unprocessable(errors)
+        raise InvalidInput(errors)
     without_key = {k: v for k, v in body.items() if k != "idempotencyKey"}
     digest = hashlib.sha256(msgspec.json.encode(without_key, order="sorted")).hexdigest()
     return SingleRequest(body["originalId"], body.get("email"), properties, saved, delivery, key, digest)

@@ -6,11 +6,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from streamapp.http.forwarding import OwnerRouter
 from streamapp.http.openapi import openapi_document
-from streamapp.http.server import build_web_app
-from streamapp.runtime import create_app
+from streamapp.http.server import build_web_app, owner_router
 from streamapp.settings import load_settings
+from streamapp.worker import assemble
 from tests.fixtures import config_text
 from tests.sending.fixtures import smtp_extra, write_templates
 
@@ -20,8 +19,8 @@ def test_every_served_route_is_documented(tmp_path: Path) -> None:
     config = tmp_path / "streamapp.toml"
     config.write_text(config_text("kafka://127.0.0.1:1", tmp_path / "data", 1, "openapi", extra=smtp_extra(2525)))
     settings = load_settings(config, environ={})
-    sa = create_app(settings)
-    app = build_web_app(sa, OwnerRouter(sa))
+    sa = assemble(settings)
+    app = build_web_app(sa, owner_router(sa))
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from streamapp.imports.campaign_names import parse_campaign_name
-from streamapp.imports.csvreader import FileRejected
 from streamapp.settings import Settings, load_settings
+from streamapp.tabular.csvreader import FileRejected
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

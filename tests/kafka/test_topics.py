@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamapp.kafka.topics import TopicError, bootstrap_servers, ensure_topics, source_topics
 from streamapp.settings import Settings, load_settings
-from tests.fixtures import WorkerPool, config_text, free_port
+from tests.fixtures import WorkerPool, config_text, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,8 @@ def test_creates_source_topics_with_configured_partitions(kafka: str, tmp_path: 
     asyncio.run(ensure_topics(settings))
     asyncio.run(ensure_topics(settings))  # idempotent
     names = source_topics(settings)
-    assert asyncio.run(partition_counts(settings, names)) == dict.fromkeys(names, 6)
+    # A topic just created may be described with no partitions until its leaders are elected.
+    eventually(lambda: asyncio.run(partition_counts(settings, names)) == dict.fromkeys(names, 6), timeout=20)
 
 
 def test_worker_refuses_a_topic_with_other_partitions(kafka: str, tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from streamapp.core.ids import batch_message_id, batch_partition, batch_prefix, new_batch_id, partition_of
-from streamapp.imports.csvreader import FileRejected
 from streamapp.imports.files import Claim
 from streamapp.imports.send_files import claim_batch_id
 from streamapp.sending.batch_rows import RowChunk, read_rows
 from streamapp.settings import DatabaseSettings
+from streamapp.tabular.csvreader import FileRejected
 
 DB = DatabaseSettings("members", False, {"firstname": "string", "score": "int"})
 ZONE = ZoneInfo("Europe/Stockholm")

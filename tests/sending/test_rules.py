@@ -10,9 +10,9 @@ import pytest
 from streamapp.core.ids import message_id_for, new_message_id, partition_of
 from streamapp.core.keys import partition_for, recipient_key
 from streamapp.core.models import MessageState, Recipient, SendMessage, SoftBounce
+from streamapp.core.rules import SOFT_BOUNCE_LIMIT, apply_soft_bounce
 from streamapp.mail.smtp import SmtpOutcome
 from streamapp.sending import retry
-from streamapp.sending.bounces import SOFT_BOUNCE_LIMIT, apply_soft_bounce
 from streamapp.sending.dispatcher import Dispatcher
 from streamapp.sending.pipeline import Job, Outcome, next_state
 from streamapp.sending.schedule import Schedule

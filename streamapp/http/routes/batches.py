@@ -23,8 +23,10 @@ from streamapp.core.validation import FieldError
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.errors import json_response, not_found, unavailable, unprocessable
 from streamapp.http.forwarding import FORWARDED, OwnerRouter
-from streamapp.runtime import StreamApp
+from streamapp.kafka.store import Store
+from streamapp.runtime import Sending
 from streamapp.sending.ledger import Ledger
+from streamapp.settings import Settings
 from streamapp.tables.batches import BATCHES
 from streamapp.tables.messages import MESSAGES
 
@@ -32,37 +34,38 @@ STATUSES = ("scheduled", "sent", "deferred", "failed", "suppressed")
 
 
 class BatchRoutes:
-    def __init__(self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
-        self.sa = sa
+    def __init__(
+        self, settings: Settings, batches: Store, sending: Sending, auth: Authenticator, owners: OwnerRouter
+    ) -> None:
+        self.partitions = settings.service.partitions
+        self.batches = batches
         self.auth = auth
         self.owners = owners
-        self.ledger = Ledger(sa.faust, sa.messages)
-
-    def add_to(self, app: web.Application) -> None:
-        app.router.add_get("/api/v1/batches/{batchId}", self.get_batch)
+        self.ledger = Ledger(sending.messages)
 
     async def get_batch(self, request: web.Request) -> web.Response:
         token = self.auth.require(request, "send")
         batch_id = request.match_info["batchId"]
         partition = batch_partition(batch_id)
-        if partition is None or partition >= self.sa.settings.service.partitions:
+        if partition is None or partition >= self.partitions:
             raise not_found(f"batch {batch_id!r}")
         if "partitions" in request.query:  # another worker asks for the counts of its partitions
             counts = self._local_counts(batch_id, self._partitions(request), token.allows_database)
             return json_response({"counts": counts})
-        owner = self.owners.owner_of_partition(BATCHES, partition)
-        if owner is not None:
-            return await self.owners.forward(request, owner)
-        raw = self.sa.batches.data._db_for_partition(partition).get(batch_id.encode())
-        if raw is None:
-            raise not_found(f"batch {batch_id!r} (or it is still being accepted)")
-        info = decode_batch_info(raw)
-        require_database(token, info.database)
-        counts = await self._counts(request, batch_id, token.allows_database)
-        view = info.public()
-        processed = sum(counts.values())
-        view.update({"queued": max(0, info.total - processed), **{s: counts.get(s, 0) for s in STATUSES}})
-        return self.owners.served_here(json_response(view))
+
+        async def read() -> web.Response:
+            raw = self.batches.get(partition, batch_id.encode())
+            if raw is None:
+                raise not_found(f"batch {batch_id!r} (or it is still being accepted)")
+            info = decode_batch_info(raw)
+            require_database(token, info.database)
+            counts = await self._counts(request, batch_id, token.allows_database)
+            view = info.public()
+            processed = sum(counts.values())
+            view.update({"queued": max(0, info.total - processed), **{s: counts.get(s, 0) for s in STATUSES}})
+            return json_response(view)
+
+        return await self.owners.serve(request, BATCHES, partition, read)
 
     def _partitions(self, request: web.Request) -> list[int]:
         try:
@@ -84,7 +87,7 @@ class BatchRoutes:
     async def _counts(self, request: web.Request, batch_id: str, allowed: Callable[[str], bool]) -> Counter[str]:
         remote: dict[URL, list[int]] = defaultdict(list)
         local: list[int] = []
-        for partition in range(self.sa.settings.service.partitions):
+        for partition in range(self.partitions):
             owner = self.owners.owner_of_partition(MESSAGES, partition)
             if owner is None:
                 local.append(partition)

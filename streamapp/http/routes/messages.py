@@ -14,31 +14,31 @@ from streamapp.core.models import decode_state
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.errors import json_response, not_found
 from streamapp.http.forwarding import OwnerRouter
-from streamapp.runtime import StreamApp
+from streamapp.runtime import Sending
+from streamapp.settings import Settings
 from streamapp.tables.messages import MESSAGES
 
 
 class MessageRoutes:
-    def __init__(self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
-        self.sa = sa
+    def __init__(self, settings: Settings, sending: Sending, auth: Authenticator, owners: OwnerRouter) -> None:
+        self.partitions = settings.service.partitions
+        self.messages = sending.messages
         self.auth = auth
         self.owners = owners
-
-    def add_to(self, app: web.Application) -> None:
-        app.router.add_get("/api/v1/messages/{messageId}", self.get_message)
 
     async def get_message(self, request: web.Request) -> web.Response:
         token = self.auth.require(request, "send")
         message_id = request.match_info["messageId"]
         partition = partition_of(message_id)
-        if partition is None or partition >= self.sa.settings.service.partitions or self.sa.messages is None:
+        if partition is None or partition >= self.partitions:
             raise not_found(f"message {message_id!r}")
-        owner = self.owners.owner_of_partition(MESSAGES, partition)
-        if owner is not None:
-            return await self.owners.forward(request, owner)
-        raw = self.sa.messages.data._db_for_partition(partition).get(message_id.encode())
-        if raw is None:
-            raise not_found(f"message {message_id!r} (not processed yet, or never accepted)")
-        state = decode_state(raw)
-        require_database(token, state.database)
-        return self.owners.served_here(json_response(state.public()))
+
+        async def read() -> web.Response:
+            raw = self.messages.get(partition, message_id.encode())
+            if raw is None:
+                raise not_found(f"message {message_id!r} (not processed yet, or never accepted)")
+            state = decode_state(raw)
+            require_database(token, state.database)
+            return json_response(state.public())
+
+        return await self.owners.serve(request, MESSAGES, partition, read)

@@ -37,16 +37,6 @@ class RecipientRoutes:
         self.auth = auth
         self.owners = owners
 
-    def add_to(self, app: web.Application) -> None:
-        base = "/api/v1/databases"
-        app.router.add_get(base, self.list_databases)
-        app.router.add_put(base + "/{db}/recipients/{originalId}", self.put_recipient)
-        app.router.add_post(base + "/{db}/recipients", self.post_recipients)
-        app.router.add_get(base + "/{db}/recipients/{originalId}", self.get_recipient)
-        app.router.add_delete(base + "/{db}/recipients/{originalId}", self.delete_recipient)
-        app.router.add_post(base + "/{db}/history", self.post_history)
-        app.router.add_get(base + "/{db}/recipients/{originalId}/history", self.get_history)
-
     # -- helpers -----------------------------------------------------------
 
     def _database(self, request: web.Request, scope: str) -> DatabaseSettings:
@@ -133,13 +123,14 @@ class RecipientRoutes:
         db = self._database(request, "recipients:read")
         original_id = self._original_id(request)
         key = recipient_key(db.name, original_id)
-        owner = self.owners.owner(RECIPIENTS, key)
-        if owner is not None:
-            return await self.owners.forward(request, owner)
-        raw = self.sa.recipients.get(key)
-        if raw is None:
-            raise not_found(f"recipient {original_id!r} in database {db.name!r}")
-        return self.owners.served_here(json_response(decode_recipient(raw).public()))
+
+        async def read() -> web.Response:
+            raw = self.sa.recipients.get(self.owners.partition(key), key)
+            if raw is None:
+                raise not_found(f"recipient {original_id!r} in database {db.name!r}")
+            return json_response(decode_recipient(raw).public())
+
+        return await self.owners.serve_key(request, RECIPIENTS, key, read)
 
     async def delete_recipient(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")
@@ -163,11 +154,12 @@ class RecipientRoutes:
         if wanted is not None and wanted not in self.settings.history_types:
             raise unprocessable([FieldError("/query/type", "unknown history type")])
         key = recipient_key(db.name, original_id)
-        owner = self.owners.owner(HISTORY, key)
-        if owner is not None:
-            return await self.owners.forward(request, owner)
-        raw = self.sa.history.get(key)
-        records = decode_history(raw) if raw is not None else []
-        if wanted is not None:
-            records = [r for r in records if r.type == wanted]
-        return self.owners.served_here(json_response({"originalId": original_id, "records": records}))
+
+        async def read() -> web.Response:
+            raw = self.sa.history.get(self.owners.partition(key), key)
+            records = decode_history(raw) if raw is not None else []
+            if wanted is not None:
+                records = [r for r in records if r.type == wanted]
+            return json_response({"originalId": original_id, "records": records})
+
+        return await self.owners.serve_key(request, HISTORY, key, read)

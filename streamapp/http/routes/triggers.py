@@ -30,7 +30,7 @@ from streamapp.http.bodies import NDJSON_TYPES, parse_json, read_limited
 from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.kafka.publisher import faust_send
-from streamapp.runtime import StreamApp
+from streamapp.runtime import Sending, StreamApp
 from streamapp.sending import retry
 from streamapp.sending.batch_rows import Format, read_rows
 from streamapp.sending.batches import BatchInterrupted, BatchSender, NothingAccepted, SendTarget, send_rows
@@ -59,19 +59,13 @@ def body_format(content_type: str) -> Format:
 
 
 class TriggerRoutes:
-    def __init__(self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
+    def __init__(self, sa: StreamApp, sending: Sending, auth: Authenticator, owners: OwnerRouter) -> None:
         self.sa = sa
         self.settings = sa.settings
         self.auth = auth
         self.owners = owners
-        self.keys = IdempotencyKeys(sa.faust, sa.idempotency, sa.settings.service.partitions)
+        self.keys = IdempotencyKeys(sending.idempotency, sa.settings.service.partitions)
         self.spool = sa.settings.service.data_dir / "spool"
-
-    def add_to(self, app: web.Application) -> None:
-        app.router.add_post("/api/v1/triggers/{trigger}/messages", self.post_message)
-        app.router.add_post("/api/v1/triggers/{trigger}/batches", self.post_trigger_batch)
-        app.router.add_post("/api/v1/campaigns/{campaign}/sends", self.post_campaign_sends)
-        app.on_startup.append(self._clear_spool)
 
     async def _clear_spool(self, app: web.Application) -> None:
         """Bodies spooled by a previous run were never answered 202: their clients retry."""
@@ -102,10 +96,10 @@ class TriggerRoutes:
             await self._publish(upsert, message)
             return json_response({"messageId": message.messageId}, status=202)
         key = scoped_key(token.name, trigger.name, single.idempotency_key)
-        owner = self.owners.owner_of_partition(IDEMPOTENCY, self.keys.partition(key))
-        if owner is not None:
-            return await self.owners.forward(request, owner, body=data)
-        return self.owners.served_here(await self._idempotent(key, single, trigger))
+        partition = self.keys.partition(key)
+        return await self.owners.serve_body(
+            request, IDEMPOTENCY, partition, data, lambda: self._idempotent(key, single, trigger)
+        )
 
     async def _idempotent(self, key: bytes, single: SingleRequest, trigger: TriggerSettings) -> web.Response:
         async with self.keys.locked(key):
@@ -130,7 +124,7 @@ class TriggerRoutes:
     async def _publish(self, upsert: UpsertRecipient, message: SendMessage) -> None:
         """Upsert first (created before the message is read, most of the time), both acknowledged."""
         pending = await self.sa.publisher.enqueue([upsert])
-        await publish_messages(faust_send(self.sa.faust.producer), self.settings, [message])
+        await publish_messages(faust_send(self.sa.faust), self.settings, [message])
         for ack in pending:
             await ack
         metrics.INGEST_ROWS.labels(database=message.database, source="api", outcome="accepted").inc()
@@ -159,7 +153,7 @@ class TriggerRoutes:
         db = self.settings.databases[target.database]
         path = await self._spool_body(request)
         try:
-            sender = BatchSender(self.settings, target, faust_send(self.sa.faust.producer), source="api",
+            sender = BatchSender(self.settings, target, faust_send(self.sa.faust), source="api",
                                  send_time=send_time)  # fmt: skip
             rows = read_rows(path, body_format(request.content_type), db, self.settings.service.zone, now_iso())
             try:

@@ -40,10 +40,6 @@ class UnsubscribeRoutes:
         self.publish = publish
         self.secret = secret
 
-    def add_to(self, app: web.Application) -> None:
-        app.router.add_get("/u/{token}", self.confirm_page)
-        app.router.add_post("/u/{token}", self.unsubscribe)
-
     def _target(self, request: web.Request) -> UnsubscribeTarget:
         target = read_token(self.secret, request.match_info["token"])
         if target is None:

@@ -8,9 +8,9 @@ import msgspec
 import pytest
 
 from streamapp.core.models import AppendHistory, UpsertRecipient
-from streamapp.imports.csvreader import FileRejected
-from streamapp.imports.rows import convert_history, convert_recipients, plan_columns
 from streamapp.settings import DatabaseSettings, ImportSettings
+from streamapp.tabular.csvreader import FileRejected
+from streamapp.tabular.rows import convert_history, convert_recipients, plan_columns
 
 ZONE = ZoneInfo("Europe/Stockholm")
 AT = "2026-11-27T10:00:00.000+00:00"

@@ -18,8 +18,8 @@ import polars as pl
 
 from streamapp.core.models import AppendHistory, HistoryRecord, RecipientCommand, UpsertRecipient
 from streamapp.core.validation import EMAIL_RE, MAX_ORIGINAL_ID, parse_datetime
-from streamapp.imports.csvreader import FileRejected
 from streamapp.settings import AttributeType, DatabaseSettings, ImportSettings
+from streamapp.tabular.csvreader import FileRejected
 
 TRUE = ("true", "1", "yes", "y", "t", "ja", "j")
 FALSE = ("false", "0", "no", "n", "f", "nej")

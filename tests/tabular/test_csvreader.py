@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamapp.imports.csvreader import DelimitedFile, FileRejected, precheck
+from streamapp.tabular.csvreader import DelimitedFile, FileRejected, precheck
 
 
 def read(
