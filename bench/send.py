@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from streamapp.core import clock
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaProducer
@@ -36,7 +38,6 @@ from bench.smtp_raw import message as raw_message
 from bench.smtp_raw import raw
 from streamapp.core.models import SendMessage
 from streamapp.kafka.topics import bootstrap_servers
-from streamapp.sending import retry
 from streamapp.sending.enqueue import enqueue, enqueue_with
 from streamapp.settings import Settings
 from tests.fixtures import Worker
@@ -93,7 +94,7 @@ def latency_run(worker: Worker, campaign_ids: list[str], vip: str, samples: int)
             raise SystemExit("transactional messages not all sent within 120 s")
         time.sleep(0.5)
     waits = sorted(
-        (retry.parse_time(rows[m.messageId].updatedAt) - retry.parse_time(m.enqueuedAt)).total_seconds() * 1000
+        (clock.parse_time(rows[m.messageId].updatedAt) - clock.parse_time(m.enqueuedAt)).total_seconds() * 1000
         for m in urgent
     )
     return {"samples": samples, "p50_ms": round(statistics.median(waits), 1),

@@ -11,7 +11,8 @@ includes the kernel's share of the loopback writes; smtp-sink's CPU is not in it
 - `ceiling`: on 8 connections, for a 0.8 KB and the 8.4 KB message, aiosmtplib `sendmail`
   (`aiosmtplib`), `PipelinedSMTP.deliver` one message per call (`pipelined`), the same with
   PIPELINING turned off (`pipelined_plain`: the fallback), and `deliver_many` with `--batch`
-  messages per call (`pipelined_batch`: one round trip a message, chained).
+  messages per call (`pipelined_batch`: one round trip a message, chained); with `--repeat N`
+  the fastest of N interleaved rounds.
 
 Run: `.venv/bin/python bench/smtp_raw.py` (about a minute on an idle machine).
 """
@@ -153,24 +154,35 @@ async def pipelined(
         await asyncio.gather(*(c.quit() for c in clients))
 
 
-async def ceiling(port: int, total: int, batch: int, data: bytes) -> dict[str, dict[str, float]]:
-    """The clients side by side on 8 connections with one message."""
-    return {
-        "aiosmtplib": await raw(port, 8, total, data),
-        "pipelined": await pipelined(port, 8, total, data),
-        "pipelined_plain": await pipelined(port, 8, total, data, pipelining=False),
-        "pipelined_batch": await pipelined(port, 8, total, data, batch=batch) | {"batch": batch},
+async def ceiling(port: int, total: int, batch: int, data: bytes, repeat: int = 1) -> dict[str, dict[str, float]]:
+    """The clients side by side on 8 connections with one message; the fastest of `repeat` rounds each.
+
+    Rounds are interleaved, so a burst of other load on the machine hits every client alike.
+    """
+    variants: dict[str, Callable[[], Awaitable[dict[str, float]]]] = {
+        "aiosmtplib": lambda: raw(port, 8, total, data),
+        "pipelined": lambda: pipelined(port, 8, total, data),
+        "pipelined_plain": lambda: pipelined(port, 8, total, data, pipelining=False),
+        "pipelined_batch": lambda: pipelined(port, 8, total, data, batch=batch),
     }
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(repeat):
+        for name, measure in variants.items():
+            result = await measure()
+            if name not in best or result["seconds"] < best[name]["seconds"]:
+                best[name] = result
+    best["pipelined_batch"]["batch"] = batch
+    return best
 
 
-async def run(port: int, total: int, batch: int = 16) -> dict[str, Any]:
+async def run(port: int, total: int, batch: int = 16, repeat: int = 1) -> dict[str, Any]:
     data = message()
     results: dict[str, Any] = {}
     for connections in (1, 8):
         results[f"raw_{connections}"] = await raw(port, connections, total, data)
         results[f"pool_{connections}"] = await pooled(port, connections, total, data)
     results["ceiling"] = {
-        f"{len(body)}_bytes": await ceiling(port, total, batch, body) for body in (small_message(), data)
+        f"{len(body)}_bytes": await ceiling(port, total, batch, body, repeat) for body in (small_message(), data)
     }
     return results | {"message_bytes": {"size": len(data)}}
 
@@ -191,12 +203,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=10_000, help="per measurement")
     parser.add_argument("--batch", type=int, default=16, help="messages per deliver_many call")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the ceiling figures (the fastest is kept)")
     args = parser.parse_args()
     port = free_port()
     sink = subprocess.Popen(postfix_sink_command(port, ["-m", "1000"]), stdout=subprocess.DEVNULL)
     try:
         wait_listening(port)
-        print(json.dumps(asyncio.run(run(port, args.messages, args.batch))))
+        print(json.dumps(asyncio.run(run(port, args.messages, args.batch, args.repeat))))
     finally:
         sink.terminate()
         sink.wait(10)

@@ -32,10 +32,11 @@ from typing import Any
 
 import httpx
 
+from streamapp.core import clock
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import sink_and_pool
-from streamapp.sending import retry
 from tests.fixtures import TOKENS, Worker
 from tests.sending.fixtures import ledger, settings_of, smtp_extra, write_templates
 
@@ -97,7 +98,7 @@ def campaign_and_latency(worker: Worker, recipients: int, samples: int, tag: str
         done = time.perf_counter() - started
     rows = ledger(settings_of(worker))
     waits = sorted(
-        (retry.parse_time(rows[m].updatedAt) - posted).total_seconds() * 1000
+        (clock.parse_time(rows[m].updatedAt) - posted).total_seconds() * 1000
         for m, posted in urgent
         if m in rows and rows[m].status == "sent"
     )

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from streamapp.core import clock
 from streamapp.settings import ConfigError, Settings, config_path, load_settings
 
 log = logging.getLogger("streamapp")
@@ -107,7 +108,6 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from streamapp.core.validation import now_iso
     from streamapp.imports.files import DropLayout
     from streamapp.imports.job import import_settings, run_import
     from streamapp.kafka.topics import ensure_topics
@@ -124,7 +124,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 2
     layout = DropLayout(settings.service.data_dir, "cli")
     layout.create([])
-    claim = layout.claim(path, imp.name, now_iso(), copy=True)
+    claim = layout.claim(path, imp.name, clock.now_iso(), copy=True)
     assert claim is not None
     size = path.stat().st_size
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[rows]:,} rows"),

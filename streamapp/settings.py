@@ -126,8 +126,7 @@ class DatabaseSettings:
 class ImportSettings:
     name: str
     database: str
-    #: "trigger" and "campaign" are the send folders (streamapp.imports.send_files), not configured.
-    kind: Literal["recipients", "history", "trigger", "campaign"]
+    kind: Literal["recipients", "history"]
     watch: str
     settle_seconds: float
     pattern: str

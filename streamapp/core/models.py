@@ -7,11 +7,13 @@ events, table values and API bodies.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
 Status = Literal["active", "inactive", "unsubscribed", "bounced"]
+#: The values of `Status`, for checks and schemas (the Literal is the one place they are spelled).
+STATUSES: tuple[str, ...] = get_args(Status)
 Priority = Literal["transactional", "batch", "campaign"]
 PRIORITIES: tuple[Priority, ...] = ("transactional", "batch", "campaign")
 #: Statuses an upsert without an explicit status never leaves.
@@ -190,6 +192,7 @@ def decode_history(data: bytes) -> list[HistoryRecord]:
 # -- sending (streamapp.sending) ------------------------------------------------
 
 MessageStatus = Literal["scheduled", "queued", "sent", "deferred", "failed", "suppressed"]
+MESSAGE_STATUSES: tuple[str, ...] = get_args(MessageStatus)
 #: A message in one of these states is never sent again.
 FINAL_STATUSES: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
 #: A message in one of these states keeps its command in the ledger, waiting for the schedule.

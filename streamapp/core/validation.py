@@ -17,12 +17,11 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from streamapp.core.models import AppendHistory, HistoryRecord, UpsertRecipient
+from streamapp.core.models import STATUSES, AppendHistory, HistoryRecord, UpsertRecipient
 from streamapp.settings import AttributeType, DatabaseSettings
 
 MAX_ORIGINAL_ID = 256
 MAX_EMAIL = 254
-STATUSES = ("active", "inactive", "unsubscribed", "bounced")
 CUSTOM_FIELDS = frozenset(f"custom{i}" for i in range(1, 27))
 # Deliberately simple: one @, no spaces, a dot in the domain; deliverability is
 # the SMTP server's call, this only catches what cannot be an address.
@@ -241,11 +240,6 @@ def _check_custom_fields(custom: Any, path: str) -> list[FieldError]:
         elif not isinstance(value, str):
             errors.append(FieldError(f"{path}/{name}", "must be a string"))
     return errors
-
-
-def now_iso() -> str:
-    """Ingress time in UTC: sortable as text, and the same on every worker."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def to_builtins(value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -13,18 +14,21 @@ from streamapp.http.errors import ApiError, unprocessable
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/jsonlines")
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes:
-    """The raw body, or 413 once it is known to exceed `limit` bytes."""
+async def chunks_within(request: web.Request, limit: int, chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
+    """The body as it arrives; 413 as soon as it is known to exceed `limit` bytes (counted as received)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
+    async for chunk in request.content.iter_chunked(chunk_size):
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The raw body, or 413 once it is known to exceed `limit` bytes."""
+    return b"".join([chunk async for chunk in chunks_within(request, limit)])
 
 
 def parse_json(data: bytes) -> Any:

@@ -29,15 +29,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
+from streamapp.core import clock
 from streamapp.core.models import RecipientCommand, SweepInactive
 from streamapp.imports.files import Claim, DropLayout
 from streamapp.imports.report import ImportReport, encode_report
-from streamapp.imports.send_files import SendFileTarget, seen_key, send_drops, send_file, target_of
+from streamapp.imports.send_files import SendFileTarget, SendFolder, seen_key, send_drops, send_file, target_of
 from streamapp.kafka.publisher import AckWindow, CommandPublisher, aiokafka_send, new_producer, started_producer
 from streamapp.kafka.topics import commands_topic
 from streamapp.settings import ImportSettings, Settings, load_settings
@@ -55,7 +55,11 @@ MAX_BATCHES_IN_FLIGHT = 3
 Progress = Callable[[int, int], None]  # (rows read so far, file size in bytes read so far)
 
 
-def watched(settings: Settings) -> list[ImportSettings]:
+#: A folder the watcher takes files from: a configured import, or a send folder.
+WatchedFolder = ImportSettings | SendFolder
+
+
+def watched(settings: Settings) -> list[WatchedFolder]:
     """Every watched folder: the configured imports and the send folders."""
     return [*settings.imports, *send_drops(settings)]
 
@@ -64,7 +68,7 @@ class ParentGone(Exception):
     """The worker that started this job died; its restart redoes the file."""
 
 
-def import_settings(settings: Settings, name: str) -> ImportSettings:
+def import_settings(settings: Settings, name: str) -> WatchedFolder:
     for imp in watched(settings):
         if imp.name == name:
             return imp
@@ -101,13 +105,13 @@ async def run_import(
         layout.release(claim)
         return report, finished or Path(claim.path)
     started = time.monotonic()
-    report.startedAt = datetime.now(UTC).isoformat(timespec="milliseconds")
+    report.startedAt = clock.now_iso()
     folder = layout.processed
-    sends = imp.kind in ("trigger", "campaign")
+    sends = isinstance(imp, SendFolder)
     seen = ""
     try:
         # A bad campaign file name rejects the file before anything else.
-        target = target_of(settings, imp, claim) if sends else None
+        target = target_of(settings, imp, claim) if isinstance(imp, SendFolder) else None
         report.sha256 = precheck(Path(claim.path), imp.encoding)
         seen = seen_key(report.sha256, claim) if sends else report.sha256
         report.duplicateOf = layout.mark_seen(seen, claim)
@@ -115,13 +119,13 @@ async def run_import(
             report.outcome = "duplicate"
         elif target is not None:
             await _send_file(settings, target, claim, report, parent_pid)
-        else:
+        elif isinstance(imp, ImportSettings):
             await _import_rows(settings, imp, claim, report, progress, parent_pid)
     except FileRejected as exc:
         report.outcome, report.reason, folder = "rejected", str(exc), layout.rejected
         if seen and report.duplicateOf is None:
             layout.unmark_seen(seen)
-    report.finishedAt = datetime.now(UTC).isoformat(timespec="milliseconds")
+    report.finishedAt = clock.now_iso()
     report.seconds = round(time.monotonic() - started, 3)
     report.rowsPerSecond = round(report.rowsRead / report.seconds) if report.seconds else 0
     return report, layout.finish(claim, folder, encode_report(report))

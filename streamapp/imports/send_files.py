@@ -12,54 +12,66 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from streamapp.core import clock
 from streamapp.core.ids import new_batch_id
 from streamapp.core.models import BatchInfo
 from streamapp.imports.campaign_names import parse_campaign_name
 from streamapp.imports.files import Claim
 from streamapp.imports.report import ImportReport
 from streamapp.kafka.publisher import Send
-from streamapp.sending import retry
-from streamapp.sending.batch_rows import IDENTITY, read_rows
+from streamapp.sending.batch_rows import read_rows
 from streamapp.sending.batches import BatchSender, NothingAccepted, SendTarget, send_rows
-from streamapp.settings import ImportSettings, Settings
+from streamapp.settings import Settings
 from streamapp.tabular.csvreader import FileRejected
 
 #: A send file is taken once its size has not changed this long.
 SETTLE_SECONDS = 2.0
 
 
-def send_drops(settings: Settings) -> list[ImportSettings]:
+@dataclass(frozen=True)
+class SendFolder:
+    """A watched send folder: `triggers/<trigger>` or `campaigns`, with the built-in schema of
+    streamapp.sending.batch_rows (UTF-8 CSV, header row, delimiter sniffed)."""
+
+    name: str  # the folder under drop/, also the name claims and reports carry
+    kind: Literal["trigger", "campaign"]
+    database: str  # the trigger's database; "" for campaigns (each file names its own)
+    settle_seconds: float = SETTLE_SECONDS
+    pattern: str = "*"
+    encoding: str = "utf-8"
+    mode: str = "upsert"
+
+    @property
+    def watch(self) -> str:
+        return self.name
+
+
+def send_drops(settings: Settings) -> list[SendFolder]:
     """One watched folder per trigger, and one for campaigns."""
     drops = [
-        _drop(f"triggers/{name}", trigger.database, "trigger") for name, trigger in sorted(settings.triggers.items())
+        SendFolder(f"triggers/{name}", "trigger", trigger.database)
+        for name, trigger in sorted(settings.triggers.items())
     ]
     if settings.campaigns:
-        drops.append(_drop("campaigns", "", "campaign"))
+        drops.append(SendFolder("campaigns", "campaign", ""))
     return drops
-
-
-def _drop(folder: str, database: str, kind: Literal["trigger", "campaign"]) -> ImportSettings:
-    """How the watcher sees a send folder (the rows' schema is batch_rows.csv_schema)."""
-    return ImportSettings(
-        name=folder, database=database, kind=kind, watch=folder, settle_seconds=SETTLE_SECONDS, pattern="*",
-        encoding="utf-8", delimiter="", header=True, mode="upsert", identity=IDENTITY, columns={},
-    )  # fmt: skip
 
 
 #: What a send file's rows get, and when (UTC ISO, None for now).
 SendFileTarget = tuple[SendTarget, str | None]
 
 
-def target_of(settings: Settings, imp: ImportSettings, claim: Claim) -> SendFileTarget:
+def target_of(settings: Settings, folder: SendFolder, claim: Claim) -> SendFileTarget:
     """What the file's rows get, and when; FileRejected for a bad campaign file name."""
-    if imp.kind == "trigger":
-        return SendTarget.trigger(settings.triggers[imp.name.removeprefix("triggers/")]), None
-    drop = parse_campaign_name(claim.original_name, settings, retry.parse_time(claim.claimed_at))
-    later = drop.send_at > retry.parse_time(claim.claimed_at)
-    return SendTarget.campaign(settings.campaigns[drop.campaign]), retry.iso(drop.send_at) if later else None
+    if folder.kind == "trigger":
+        return SendTarget.trigger(settings.triggers[folder.name.removeprefix("triggers/")]), None
+    drop = parse_campaign_name(claim.original_name, settings, clock.parse_time(claim.claimed_at))
+    later = drop.send_at > clock.parse_time(claim.claimed_at)
+    return SendTarget.campaign(settings.campaigns[drop.campaign]), clock.iso(drop.send_at) if later else None
 
 
 def seen_key(content_digest: str, claim: Claim) -> str:
@@ -71,7 +83,7 @@ def seen_key(content_digest: str, claim: Claim) -> str:
 def claim_batch_id(claim: Claim, partitions: int) -> str:
     """The same batch id every time this claim is (re)done."""
     digest = int(hashlib.sha256(claim.id.encode()).hexdigest(), 16)
-    return new_batch_id(digest % partitions, retry.parse_time(claim.claimed_at).timestamp(), tag=digest >> 224)
+    return new_batch_id(digest % partitions, clock.parse_time(claim.claimed_at).timestamp(), tag=digest >> 224)
 
 
 async def send_file(

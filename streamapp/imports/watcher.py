@@ -23,11 +23,11 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from streamapp import metrics
-from streamapp.core.validation import now_iso
+from streamapp.core import clock
 from streamapp.imports.files import Claim, DropLayout, SettleTracker, scan, worker_tag
-from streamapp.imports.job import LOCKED, RESULT_PREFIX, watched
+from streamapp.imports.job import LOCKED, RESULT_PREFIX, WatchedFolder, watched
 from streamapp.imports.report import ImportReport, decode_report
-from streamapp.settings import ImportSettings, Settings
+from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ class DropWatcher(Service):  # type: ignore[misc]
                 await asyncio.wait_for(self.wake.wait(), SCAN_INTERVAL)
             self.wake.clear()
 
-    def _scan(self, imp: ImportSettings) -> None:
+    def _scan(self, imp: WatchedFolder) -> None:
         for path in scan(self.layout.folder(imp.watch), imp.pattern):
             if not self.settle.ready(path, imp.settle_seconds):
                 continue
             self.settle.forget(path)
-            claim = self.layout.claim(path, imp.name, now_iso())
+            claim = self.layout.claim(path, imp.name, clock.now_iso())
             if claim is not None:
                 log.info("took %s for import %s", path.name, imp.name)
                 self.queue.put_nowait(claim)

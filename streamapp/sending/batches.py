@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 import msgspec
 
+from streamapp.core import clock
 from streamapp.core.ids import batch_message_id, batch_partition, new_batch_id
 from streamapp.core.keys import partitions_for, recipient_key
 from streamapp.core.models import BatchInfo, Priority, RowError, SendMessage, UpsertRecipient, encode
-from streamapp.core.validation import now_iso
 from streamapp.kafka.publisher import AckWindow, CommandPublisher, Send
 from streamapp.kafka.topics import commands_topic, messages_topic
 from streamapp.sending.batch_rows import RowChunk
@@ -80,7 +80,8 @@ class BatchSender:
         self.batch_id = batch_id or new_batch_id(random.randrange(self.partitions))
         self.info = BatchInfo(
             batchId=self.batch_id, database=target.database, kind=target.kind, name=target.name,
-            priority=target.priority, source=source, total=0, sendTime=send_time, createdAt=created_at or now_iso(),
+            priority=target.priority, source=source, total=0, sendTime=send_time,
+            createdAt=created_at or clock.now_iso(),
         )  # fmt: skip
 
     def reject(self, errors: list[RowError]) -> None:

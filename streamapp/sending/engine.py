@@ -18,6 +18,7 @@ from typing import Any
 from mode import Service
 
 from streamapp import metrics
+from streamapp.core import clock
 from streamapp.core.models import PRIORITIES, Priority, RecipientCommand, SendMessage
 from streamapp.kafka.app import KafkaApp
 from streamapp.kafka.gaps import OffsetTracker, read_range
@@ -28,7 +29,6 @@ from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.smtp import SmtpPool
 from streamapp.mail.templates import TemplateStore
 from streamapp.mail.unsubscribe import load_or_create_secret
-from streamapp.sending import retry
 from streamapp.sending.dispatcher import Dispatcher
 from streamapp.sending.ledger import Ledger
 from streamapp.sending.pipeline import Job, Pipeline
@@ -262,5 +262,5 @@ class SendEngine(Service):  # type: ignore[misc]
             )
             queue = self.dispatcher.queues[priority]
             metrics.QUEUE_DEPTH.labels(priority).set(unread + len(queue) + waiting[priority])
-            oldest = (now - retry.parse_time(queue[0].command.enqueuedAt)).total_seconds() if queue else 0.0
+            oldest = (now - clock.parse_time(queue[0].command.enqueuedAt)).total_seconds() if queue else 0.0
             metrics.OLDEST_QUEUED_AGE.labels(priority).set(max(0.0, oldest))

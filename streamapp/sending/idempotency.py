@@ -19,10 +19,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+from streamapp.core import clock
 from streamapp.core.keys import partition_for
 from streamapp.core.models import IdempotencyRecord, decode_idempotency, encode
 from streamapp.kafka.store import Store
-from streamapp.sending import retry
 
 #: How long a key gives back its first message (SPEC §4).
 KEY_LIFETIME = timedelta(hours=24)
@@ -63,7 +63,7 @@ class IdempotencyKeys:
         if raw is None:
             return None
         record = decode_idempotency(raw)
-        if retry.parse_time(record.createdAt) + KEY_LIFETIME < (now or datetime.now(UTC)):
+        if clock.parse_time(record.createdAt) + KEY_LIFETIME < (now or datetime.now(UTC)):
             return None
         return record
 

@@ -20,6 +20,7 @@ from typing import Protocol
 import msgspec
 
 from streamapp import metrics
+from streamapp.core import clock
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import (
     FINAL_STATUSES,
@@ -122,14 +123,14 @@ class Pipeline:
         if previous is not None and (previous.status in FINAL_STATUSES or not job.released):
             return  # done before, or scheduled/deferred and owned by the schedule
         now = datetime.now(UTC)
-        if job.command.notBefore and retry.parse_time(job.command.notBefore) > now:
+        if job.command.notBefore and clock.parse_time(job.command.notBefore) > now:
             await self._record(job, previous, Outcome("scheduled"), now)
             return
         outcome, recipient = await self._deliver(job, now)
         done = datetime.now(UTC)
         # Before the ledger row: a crash in between re-sends nothing (the recipient is then
         # bounced and the replayed message suppressed) instead of losing the bounce.
-        await self._recipient_effects(job.command, outcome, recipient, retry.iso(done))
+        await self._recipient_effects(job.command, outcome, recipient, clock.iso(done))
         await self._record(job, previous, outcome, done)
 
     async def _deliver(self, job: Job, now: datetime) -> tuple[Outcome, Recipient | None]:
@@ -209,7 +210,7 @@ class Pipeline:
         """
         command = job.command
         raw = self.recipients.get(job.partition, key)
-        fresh = (now - retry.parse_time(command.enqueuedAt)).total_seconds() < UNKNOWN_RECIPIENT_GRACE
+        fresh = (now - clock.parse_time(command.enqueuedAt)).total_seconds() < UNKNOWN_RECIPIENT_GRACE
         waits = (fresh or command.upserted) and not job.released  # a retry only looks again
         for _ in range(UNKNOWN_RECIPIENT_POLLS if waits else 0):
             if raw is not None:
@@ -236,16 +237,16 @@ def next_state(
     created = previous.createdAt if previous else command.enqueuedAt
     late_since = None
     if status == "deferred" and outcome.reply is None:  # recipient not created yet: retried soon, for a while
-        late_since = previous.lateSince if previous and previous.lateSince else retry.iso(now)
-        if (now - retry.parse_time(late_since)).total_seconds() > LATE_RECIPIENT_LIMIT:
+        late_since = previous.lateSince if previous and previous.lateSince else clock.iso(now)
+        if (now - clock.parse_time(late_since)).total_seconds() > LATE_RECIPIENT_LIMIT:
             status, reason = "failed", f"unknown recipient (not created within {LATE_RECIPIENT_LIMIT:.0f} s)"
         else:
-            next_at = retry.iso(now + timedelta(seconds=LATE_RECIPIENT_RETRY))
+            next_at = clock.iso(now + timedelta(seconds=LATE_RECIPIENT_RETRY))
     elif status == "deferred":
         if retry.expired(smtp, created, now):
             status, reason = "failed", f"expired after {attempts} attempt(s): {outcome.reason}"
         else:
-            next_at = retry.iso(retry.next_attempt(smtp, attempts, now))
+            next_at = clock.iso(retry.next_attempt(smtp, attempts, now))
     elif status == "scheduled":
         next_at = command.notBefore
     reply = outcome.reply
@@ -260,7 +261,7 @@ def next_state(
         lastReply=last_reply,
         reason=reason,
         createdAt=created,
-        updatedAt=retry.iso(now),
+        updatedAt=clock.iso(now),
         nextAttemptAt=next_at,
         batchId=command.batchId,
         lateSince=late_since,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from streamapp.core.clock import parse_time
 from streamapp.settings import SmtpSettings
 
 
@@ -13,15 +14,6 @@ def backoff_seconds(smtp: SmtpSettings, attempts: int) -> float:
     if exponent > 60:  # 2**60 already exceeds any sensible maximum
         return smtp.retry_max_seconds
     return float(min(smtp.retry_initial_seconds * 2.0**exponent, smtp.retry_max_seconds))
-
-
-def parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 def expired(smtp: SmtpSettings, created_at: str, now: datetime) -> bool:

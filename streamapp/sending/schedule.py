@@ -20,8 +20,8 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from streamapp.core import clock
 from streamapp.core.models import PRIORITIES, MessageState, Priority
-from streamapp.sending import retry
 
 
 class Schedule:
@@ -32,7 +32,7 @@ class Schedule:
         self.loaded: set[int] = set()
 
     def add(self, state: MessageState, partition: int) -> None:
-        due = retry.parse_time(state.nextAttemptAt).timestamp() if state.nextAttemptAt else time.time()
+        due = clock.parse_time(state.nextAttemptAt).timestamp() if state.nextAttemptAt else time.time()
         self._due[state.messageId] = (due, partition, state.priority)
         heapq.heappush(self._heaps[state.priority], (due, next(self._order), state.messageId))
 

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from streamapp.core import clock
 from streamapp.core.ids import message_id_for
 from streamapp.core.models import SendMessage, UpsertRecipient
 from streamapp.core.validation import (
@@ -118,7 +119,7 @@ def build_commands(
         properties=request.properties,
         email=request.email,
         attributes=dict(request.saved) or None,
-        notBefore=delivery.isoformat(timespec="milliseconds") if later and delivery else None,
+        notBefore=clock.iso(delivery) if later and delivery else None,
         upserted=True,
         enqueuedAt=at,
     )

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streamapp.core import clock
 from streamapp.core.ids import message_id_for
 from streamapp.core.keys import partition_for, recipient_key
 from streamapp.core.models import MessageState, Priority, SendMessage, decode_state
-from streamapp.core.validation import now_iso
 from streamapp.sending.enqueue import enqueue
 from streamapp.settings import Settings, load_settings
 from tests.fixtures import Worker, WorkerPool, client, eventually
@@ -123,7 +123,7 @@ def message(
         originalId=original_id,
         priority=priority,
         template=template,
-        enqueuedAt=now_iso(),
+        enqueuedAt=clock.now_iso(),
         **fields,  # type: ignore[arg-type]
     )
 

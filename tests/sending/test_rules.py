@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from streamapp.core import clock
 from streamapp.core.ids import message_id_for, new_message_id, partition_of
 from streamapp.core.keys import partition_for, recipient_key
 from streamapp.core.models import MessageState, Recipient, SendMessage, SoftBounce
@@ -29,7 +30,7 @@ def command(**fields: object) -> SendMessage:
         "originalId": "C1",
         "priority": "campaign",
         "template": "news",
-        "enqueuedAt": retry.iso(NOW),
+        "enqueuedAt": clock.iso(NOW),
     }
     return SendMessage(**{**values, **fields})  # type: ignore[arg-type]
 
@@ -43,9 +44,9 @@ def test_deferred_keeps_the_command_and_the_next_attempt() -> None:
     reply = SmtpOutcome("deferred", 451, "try later", "4xx", stage="rcpt")
     state = next_state(SMTP, command(), None, Outcome("deferred", "try later", reply), NOW)
     assert (state.status, state.attempts, state.command is not None) == ("deferred", 1, True)
-    assert state.nextAttemptAt == retry.iso(NOW + timedelta(seconds=60))
+    assert state.nextAttemptAt == clock.iso(NOW + timedelta(seconds=60))
     again = next_state(SMTP, command(), state, Outcome("deferred", "try later", reply), NOW + timedelta(minutes=1))
-    assert again.attempts == 2 and again.nextAttemptAt == retry.iso(NOW + timedelta(minutes=3))
+    assert again.attempts == 2 and again.nextAttemptAt == clock.iso(NOW + timedelta(minutes=3))
 
 
 def test_deferred_past_expiry_fails_and_drops_the_command() -> None:
@@ -58,17 +59,17 @@ def test_a_recipient_not_created_yet_is_retried_each_second_then_fails() -> None
     late = Outcome("deferred", "recipient not created yet")
     state = next_state(SMTP, command(upserted=True), None, late, NOW)
     assert (state.status, state.attempts, state.reason) == ("deferred", 0, "recipient not created yet")
-    assert state.nextAttemptAt == retry.iso(NOW + timedelta(seconds=1)) and state.command is not None
-    assert state.lateSince == retry.iso(NOW)
+    assert state.nextAttemptAt == clock.iso(NOW + timedelta(seconds=1)) and state.command is not None
+    assert state.lateSince == clock.iso(NOW)
     later = next_state(SMTP, command(upserted=True), state, late, NOW + timedelta(seconds=200))
-    assert later.status == "deferred" and later.lateSince == retry.iso(NOW)
+    assert later.status == "deferred" and later.lateSince == clock.iso(NOW)
     gone = next_state(SMTP, command(upserted=True), later, late, NOW + timedelta(seconds=301))
     assert gone.status == "failed" and gone.reason == "unknown recipient (not created within 300 s)"
     assert gone.command is None
 
 
 def test_scheduled_waits_for_not_before_and_counts_no_attempt() -> None:
-    later = retry.iso(NOW + timedelta(hours=2))
+    later = clock.iso(NOW + timedelta(hours=2))
     state = next_state(SMTP, command(notBefore=later), None, Outcome("scheduled"), NOW)
     assert (state.status, state.attempts, state.nextAttemptAt) == ("scheduled", 0, later)
 
@@ -106,7 +107,7 @@ def test_schedule_releases_when_due_never_earlier_and_forgets_revoked_partitions
 
     def state(message_id: str, at: datetime) -> MessageState:
         return MessageState(messageId=message_id, database="d", originalId="o", priority="batch",
-                            status="deferred", createdAt="t", updatedAt="t", nextAttemptAt=retry.iso(at))  # fmt: skip
+                            status="deferred", createdAt="t", updatedAt="t", nextAttemptAt=clock.iso(at))  # fmt: skip
 
     schedule.add(state("a", NOW + timedelta(seconds=10)), 0)
     schedule.add(state("b", NOW + timedelta(seconds=5)), 1)
@@ -121,7 +122,7 @@ def test_schedule_releases_only_as_many_as_the_dispatcher_has_room_for() -> None
     schedule = Schedule()
     for n in range(5):
         schedule.add(MessageState(messageId=f"m{n}", database="d", originalId="o", priority="campaign",
-                                  status="scheduled", createdAt="t", updatedAt="t", nextAttemptAt=retry.iso(NOW)), 0)  # fmt: skip
+                                  status="scheduled", createdAt="t", updatedAt="t", nextAttemptAt=clock.iso(NOW)), 0)  # fmt: skip
     later = NOW.timestamp() + 1
     assert schedule.due({"campaign": 2}, now=later) == [(0, "m0"), (0, "m1")]
     assert schedule.due({"transactional": 10}, now=later) == []

@@ -18,7 +18,7 @@ from aiohttp import web
 from yarl import URL
 
 from streamapp.core.ids import batch_partition
-from streamapp.core.models import decode_batch_info
+from streamapp.core.models import MESSAGE_STATUSES, decode_batch_info
 from streamapp.core.validation import FieldError
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.errors import json_response, not_found, unavailable, unprocessable
@@ -30,7 +30,8 @@ from streamapp.settings import Settings
 from streamapp.tables.batches import BATCHES
 from streamapp.tables.messages import MESSAGES
 
-STATUSES = ("scheduled", "sent", "deferred", "failed", "suppressed")
+#: Counted from ledger rows; `queued` is what has no row yet.
+STATUSES = tuple(s for s in MESSAGE_STATUSES if s != "queued")
 
 
 class BatchRoutes:

@@ -13,9 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from streamapp import metrics
+from streamapp.core import clock
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import DeleteRecipient, RecipientCommand, decode_history, decode_recipient
-from streamapp.core.validation import FieldError, check_original_id, now_iso, parse_history, parse_recipient
+from streamapp.core.validation import FieldError, check_original_id, parse_history, parse_recipient
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.bodies import parse_items, parse_json, read_limited
 from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
@@ -102,7 +103,7 @@ class RecipientRoutes:
         original_id = self._original_id(request)
         body = parse_json(await read_limited(request, self.settings.service.max_body_bytes))
         command, errors = parse_recipient(
-            db, body, at=now_iso(), zone=self.settings.service.zone, original_id=original_id
+            db, body, at=clock.now_iso(), zone=self.settings.service.zone, original_id=original_id
         )
         if command is None:
             metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc()
@@ -112,7 +113,7 @@ class RecipientRoutes:
 
     async def post_recipients(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")
-        at, zone = now_iso(), self.settings.service.zone
+        at, zone = clock.now_iso(), self.settings.service.zone
 
         def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
             return parse_recipient(db, item, at=at, zone=zone, path=path, allow_status=False)
@@ -140,7 +141,7 @@ class RecipientRoutes:
 
     async def post_history(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")
-        at, zone, types = now_iso(), self.settings.service.zone, self.settings.history_types
+        at, zone, types = clock.now_iso(), self.settings.service.zone, self.settings.history_types
 
         def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
             return parse_history(db, item, types=types, at=at, zone=zone, path=path)

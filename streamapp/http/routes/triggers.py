@@ -23,15 +23,15 @@ from typing import TypeVar
 from aiohttp import web
 
 from streamapp import metrics
+from streamapp.core import clock
 from streamapp.core.models import BatchInfo, IdempotencyRecord, SendMessage, UpsertRecipient
-from streamapp.core.validation import FieldError, now_iso, parse_datetime
+from streamapp.core.validation import FieldError, parse_datetime
 from streamapp.http.auth import Authenticator, require_database
-from streamapp.http.bodies import NDJSON_TYPES, parse_json, read_limited
+from streamapp.http.bodies import NDJSON_TYPES, chunks_within, parse_json, read_limited
 from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.kafka.publisher import faust_send
 from streamapp.runtime import Sending, StreamApp
-from streamapp.sending import retry
 from streamapp.sending.batch_rows import Format, read_rows
 from streamapp.sending.batches import BatchInterrupted, BatchSender, NothingAccepted, SendTarget, send_rows
 from streamapp.sending.enqueue import publish_messages
@@ -92,7 +92,7 @@ class TriggerRoutes:
         db = self.settings.databases[trigger.database]
         single = parse_single(parse_json(data), db, self.settings.service.zone, request.headers.get("Idempotency-Key"))
         if single.idempotency_key is None:
-            upsert, message = build_commands(single, trigger, self.settings.service.partitions, now_iso())
+            upsert, message = build_commands(single, trigger, self.settings.service.partitions, clock.now_iso())
             await self._publish(upsert, message)
             return json_response({"messageId": message.messageId}, status=202)
         key = scoped_key(token.name, trigger.name, single.idempotency_key)
@@ -108,7 +108,7 @@ class TriggerRoutes:
                 raise ApiError(409, "idempotency key already used with another body in the last 24 hours")
             replayed = record is not None and record.published  # else this call does the publishing
             if record is None:
-                upsert, message = build_commands(single, trigger, self.settings.service.partitions, now_iso())
+                upsert, message = build_commands(single, trigger, self.settings.service.partitions, clock.now_iso())
                 record = IdempotencyRecord(
                     bodyHash=single.body_hash, messageId=message.messageId, createdAt=message.enqueuedAt,
                     upsert=upsert, message=message,
@@ -147,7 +147,7 @@ class TriggerRoutes:
         parsed = parse_datetime(raw, self.settings.service.zone)
         if parsed is None:
             raise unprocessable([FieldError("/query/sendTime", "must be an ISO 8601 date-time")])
-        return retry.iso(parsed) if parsed > datetime.now(UTC) else None
+        return clock.iso(parsed) if parsed > datetime.now(UTC) else None
 
     async def _batch(self, request: web.Request, target: SendTarget, send_time: str | None) -> web.Response:
         db = self.settings.databases[target.database]
@@ -155,7 +155,7 @@ class TriggerRoutes:
         try:
             sender = BatchSender(self.settings, target, faust_send(self.sa.faust), source="api",
                                  send_time=send_time)  # fmt: skip
-            rows = read_rows(path, body_format(request.content_type), db, self.settings.service.zone, now_iso())
+            rows = read_rows(path, body_format(request.content_type), db, self.settings.service.zone, clock.now_iso())
             try:
                 info = await send_rows(sender, rows)
             except NothingAccepted as exc:
@@ -171,17 +171,11 @@ class TriggerRoutes:
     async def _spool_body(self, request: web.Request) -> Path:
         """Write the body to disk as it arrives; 413 past `service.max_batch_bytes`."""
         limit = self.settings.service.max_batch_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise ApiError(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
         self.spool.mkdir(parents=True, exist_ok=True)
         path = self.spool / f"{uuid.uuid4().hex}.body"
-        size = 0
         try:
             with path.open("wb") as f:
-                async for chunk in request.content.iter_chunked(1 << 20):
-                    size += len(chunk)
-                    if size > limit:
-                        raise ApiError(413, f"body exceeds the limit of {limit} bytes")
+                async for chunk in chunks_within(request, limit, chunk_size=1 << 20):
                     f.write(chunk)
         except BaseException:
             path.unlink(missing_ok=True)

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from streamapp.core import clock
 from streamapp.core.models import RecipientCommand, UpsertRecipient
-from streamapp.core.validation import now_iso
 from streamapp.mail.unsubscribe import UnsubscribeTarget, read_token
 
 Publish = Callable[[list[RecipientCommand]], Awaitable[None]]
@@ -59,7 +59,7 @@ class UnsubscribeRoutes:
     async def unsubscribe(self, request: web.Request) -> web.Response:
         target = self._target(request)
         command = UpsertRecipient(
-            database=target.database, originalId=target.original_id, at=now_iso(), status="unsubscribed"
+            database=target.database, originalId=target.original_id, at=clock.now_iso(), status="unsubscribed"
         )
         await self.publish([command])
         return _page("Unsubscribed", "<p>You will not receive these e-mails any more.</p>")
