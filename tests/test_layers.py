@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures import ROOT
 
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
@@ -30,17 +32,29 @@ def test_the_tree_keeps_its_layers(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_core_importing_http_breaks_the_contract(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("package", "imported", "message"),
+    [
+        ("core", "streamapp.http.server", "streamapp.core is not allowed to import streamapp.http"),
+        ("tabular", "streamapp.imports.job", "streamapp.tabular is not allowed to import streamapp.imports"),
+        ("sending", "streamapp.runtime", "streamapp.sending is not allowed to import streamapp.runtime"),
+    ],
+)
+def test_an_import_against_the_layers_breaks_the_contract(
+    tmp_path: Path, package: str, imported: str, message: str
+) -> None:
     tree = _copy_tree(tmp_path)
-    (tree / "streamapp" / "core" / "violation.py").write_text("import streamapp.http.server  # noqa: F401\n")
+    (tree / "streamapp" / package / "violation.py").write_text(f"import {imported}  # noqa: F401\n")
     run = _lint(tree)
     assert run.returncode != 0
-    assert "streamapp.core is not allowed to import streamapp.http" in run.stdout
+    assert message in run.stdout
 
 
-def test_an_import_cycle_between_domains_breaks_the_contract(tmp_path: Path) -> None:
+def test_a_cycle_inside_a_package_breaks_the_contract(tmp_path: Path) -> None:
     tree = _copy_tree(tmp_path)
-    (tree / "streamapp" / "tabular" / "violation.py").write_text("import streamapp.imports.job  # noqa: F401\n")
+    (tree / "streamapp" / "kafka" / "violation.py").write_text("import streamapp.kafka.store  # noqa: F401\n")
+    store = tree / "streamapp" / "kafka" / "store.py"
+    store.write_text(store.read_text() + "\nimport streamapp.kafka.violation  # noqa: E402, F401\n")
     run = _lint(tree)
     assert run.returncode != 0
-    assert "streamapp.tabular is not allowed to import streamapp.imports" in run.stdout
+    assert "No import cycles" in run.stdout and "BROKEN" in run.stdout
