@@ -16,7 +16,7 @@ import msgspec
 from streamapp import metrics
 from streamapp.core.models import decode_batch
 from streamapp.kafka.gaps import OffsetTracker
-from streamapp.recipients.apply import Chunks, apply_commands
+from streamapp.recipients.apply import Chunks, apply_all
 from streamapp.runtime import StreamApp
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def register(sa: StreamApp) -> None:
                 continue
             partition = event.message.partition
             chunks = Chunks.open(sa.recipients, sa.history, sa.batches, partition)
-            failed = apply_commands(chunks, batch.commands, event.message.offset)
+            result = apply_all(chunks, batch.commands, event.message.offset)
             await chunks.flush()
-            metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - failed)
-            metrics.COMMANDS.labels(outcome="failed").inc(failed)
+            metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - result.skipped)
+            metrics.COMMANDS.labels(outcome="failed").inc(result.failed)  # oversize is counted in apply_all
             yield None

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import msgspec
 
-from streamapp.core.models import HistoryRecord, Recipient, SoftBounce, UpsertRecipient
+from streamapp.core.models import HistoryRecord, Recipient, SoftBounce, UpsertRecipient, encode
+from streamapp.core.validation import MAX_RECORD_BYTES
 
 #: Newest records kept per recipient: one table value holds the whole list,
 #: and Kafka caps a changelog record at 1 MB.
 HISTORY_LIMIT = 1000
+#: MessagePack's header of an array of up to 2^32 items.
+_ARRAY_HEADER = 5
 
 
 def apply_upsert(current: Recipient | None, command: UpsertRecipient, seq: int = 0) -> Recipient:
@@ -70,6 +73,24 @@ def append_history(current: list[HistoryRecord], records: list[HistoryRecord]) -
         return current
     merged = sorted([*new, *current], key=lambda r: r.time, reverse=True)
     return merged[:HISTORY_LIMIT]
+
+
+def fit_history(records: list[HistoryRecord], max_bytes: int = MAX_RECORD_BYTES) -> list[HistoryRecord]:
+    """The newest records (`records` is newest first) whose list takes at most `max_bytes` stored.
+
+    A history that would outgrow the row limit (SPEC §3) drops its oldest records rather than refuse the
+    new one: history is a log that is already trimmed to its newest records by count (HISTORY_LIMIT), what
+    segments and journeys look at is the recent activity, and refusing would freeze a recipient's history
+    for good once it is full. The kept records are the newest ones without a gap, as with HISTORY_LIMIT.
+    Call it only for a list that is too large: it encodes each record.
+    """
+    kept, total = 0, _ARRAY_HEADER
+    for record in records:
+        total += len(encode(record))
+        if total > max_bytes:
+            break
+        kept += 1
+    return records[:kept]
 
 
 # -- soft bounces (SPEC §6): five in a row make a recipient bounced. Applied by the one writer of

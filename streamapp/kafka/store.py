@@ -13,7 +13,10 @@ Guarantees, the same as Faust's at-least-once tables:
   the source offsets, so no source offset is committed before the changelog records of the rows
   it produced;
 - the store's persisted changelog offset advances when a batch is acked (recovery replays from
-  there); a failed changelog send crashes the worker rather than committing past lost state.
+  there); a failed changelog send crashes the worker rather than committing past lost state;
+- a value the changelog could not take (MAX_CHANGELOG_RECORD) is refused with RecordTooLarge when it
+  is staged or put, before RocksDB is written: sending it would fail, crash the worker, and the command
+  replayed after the restart would crash it again, for ever.
 
 This module and the rest of `streamapp.kafka` are the only places that touch faust-streaming's
 RocksDB store internals (`_db_for_partition`, `set_persisted_offset`) and the producer's
@@ -37,6 +40,29 @@ _MISSING = object()
 #: Faust's own bookkeeping rows (persisted offsets) share the key space of every table.
 FAUST_KEYS = b"__faust"
 _crashes: set[asyncio.Task[Any]] = set()  # keeps crash tasks referenced until done
+#: The largest key + value of one changelog record. Kafka's default `max.message.bytes` is 1 MiB for a
+#: whole record batch and Faust's producer sends requests of at most 1,000,000 bytes; 900 KiB leaves room
+#: for the batch and record headers. The doors and the agent keep rows far smaller (512 KiB, SPEC §3):
+#: this is the last line of defence.
+MAX_CHANGELOG_RECORD = 900 * 1024
+
+
+class RecordTooLarge(ValueError):
+    """A value too large for the changelog, refused before anything was written: the caller skips it."""
+
+    def __init__(self, table: str, key: bytes, size: int) -> None:
+        super().__init__(
+            f"{table}: {size} bytes for key {key[:80]!r}, more than a changelog record takes ({MAX_CHANGELOG_RECORD})"
+        )
+        self.table = table
+        self.key = key
+        self.size = size
+
+
+def check_record(table: str, key: bytes, value: bytes | None) -> None:
+    """Raise RecordTooLarge for a record the changelog could not take (a delete always fits)."""
+    if value is not None and len(key) + len(value) > MAX_CHANGELOG_RECORD:
+        raise RecordTooLarge(table, key, len(key) + len(value))
 
 
 def aiokafka_producer(app: faust.App) -> Any:
@@ -76,7 +102,11 @@ class Store:
         return PartitionTransaction(self, partition)
 
     async def put_durably(self, partition: int, key: bytes, value: bytes) -> None:
-        """Write one row of a partition this worker owns; return once the changelog acknowledged it."""
+        """Write one row of a partition this worker owns; return once the changelog acknowledged it.
+
+        RecordTooLarge, before anything is written, for a value the changelog could not take.
+        """
+        check_record(self.name, key, value)
         self.db(partition)[key] = value
         pending = await aiokafka_producer(self.app).send(self.changelog, value=value, key=key, partition=partition)
         metadata = await pending
@@ -134,7 +164,12 @@ class PartitionTransaction:
                 yield key, value
 
     def set(self, key: bytes, value: bytes | None) -> None:
-        """Stage a value (None deletes); only the last value of a key is written."""
+        """Stage a value (None deletes); only the last value of a key is written.
+
+        RecordTooLarge for a value the changelog could not take: nothing is staged, so the rest of the
+        transaction is written as if the caller had never tried.
+        """
+        check_record(self.store.name, key, value)
         self.pending[key] = value
 
     async def flush(self) -> None:
@@ -161,8 +196,8 @@ class PartitionTransaction:
                 if builder.append(key=key, value=value, timestamp=None) is None:
                     break
                 count += 1
-            if count == 0:
-                raise ValueError(f"a changelog record of {len(items[0][1] or b'')} bytes does not fit a batch")
+            if count == 0:  # aiokafka takes any first record into an empty batch: this would loop for ever
+                raise RuntimeError("aiokafka refused a record into an empty batch")
             future = await producer.send_batch(builder, self.store.changelog, partition=self.partition)
             future.add_done_callback(self._on_sent(count))
             items = items[count:]

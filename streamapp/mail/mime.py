@@ -41,10 +41,16 @@ class MimeError(ValueError):
     """A value cannot go into a message (bad address, message id or URL); the message fails."""
 
 
+#: Control characters (C0 and DEL): never in a header or an address.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Octets that 7bit content may not carry (RFC 2045 §2.7); quoted-printable encodes them.
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def normalize_address(address: str) -> str:
     """An ASCII addr-spec for headers and the SMTP envelope: IDNA domain, no CR/LF or brackets."""
     local, at, domain = address.strip().rpartition("@")
-    if not at or not local or not domain or any(c in address for c in '\r\n<>" \t,'):
+    if not at or not local or not domain or any(c in address for c in '<>" ,') or _CONTROL.search(address):
         raise MimeError(f"not a plain e-mail address: {address!r}")
     if not local.isascii():
         raise MimeError(f"non-ASCII local part needs SMTPUTF8, which is not supported: {address!r}")
@@ -135,6 +141,7 @@ def encode_subject(subject: str) -> str:
     Cached: a campaign sends the same subject (or a handful of variants) to many recipients.
     """
     subject = " ".join(subject.split())  # no CR/LF can reach the header
+    subject = _CONTROL.sub("", subject)  # nor NUL or any other control character
     if subject.isascii() and "=?" not in subject and len(subject) <= 900:
         return _fold_words(subject)
     data = subject.encode("utf-8")
@@ -169,7 +176,8 @@ def _part(content_type: str, body: str) -> str:
     body = _NEWLINES.sub(CRLF, body)
     if not body.endswith(CRLF):
         body += CRLF
-    if body.isascii() and not _LONG_LINE.search(body) and "=_" not in body:  # "=_": no boundary can occur
+    if body.isascii() and not _LONG_LINE.search(body) and "=_" not in body and not _BINARY.search(body):
+        # 7bit: ASCII, short lines, no "=_" (so no boundary can occur) and no NUL or other binary octet
         encoding, payload = "7bit", body
     else:
         data = body.encode("utf-8")

@@ -5,6 +5,13 @@ PartitionTransaction per table and written with one RocksDB batch and one change
 table (streamapp.kafka.store). A command that fails to apply is logged, counted and skipped: it
 never stops the agent.
 
+A command that would make a row larger than SPEC §3 allows (MAX_RECORD_BYTES, MAX_ATTRIBUTES) is
+skipped the same way and counted as `oversize`: the doors refuse what they can see, but only here
+is the merged row known (two upserts of 300 KiB each are fine alone). Without this, a row the
+changelog cannot take crashed the worker, and the replayed command crashed it again on every
+restart. The store refuses anything beyond the changelog's limit too (RecordTooLarge), as a last
+line of defence, before RocksDB is written.
+
 `seq` orders commands: offset * SEQ_STRIDE + index in the event, so a replayed older upsert can
 never undo a newer one (docs/architecture.md, "Delivery guarantees").
 """
@@ -14,12 +21,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import msgspec
+
+from streamapp import metrics
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import (
     AppendHistory,
     BatchInfo,
     Command,
     DeleteRecipient,
+    HistoryRecord,
+    Recipient,
     SoftBounce,
     SweepInactive,
     UpsertRecipient,
@@ -27,10 +39,20 @@ from streamapp.core.models import (
     decode_recipient,
     encode,
 )
-from streamapp.core.rules import append_history, apply_soft_bounce, apply_upsert, sweep_inactive
-from streamapp.kafka.store import PartitionTransaction, Store
+from streamapp.core.rules import append_history, apply_soft_bounce, apply_upsert, fit_history, sweep_inactive
+from streamapp.core.validation import MAX_ATTRIBUTES, MAX_HISTORY_RECORD_BYTES, MAX_RECORD_BYTES
+from streamapp.kafka.store import PartitionTransaction, RecordTooLarge, Store
 
 log = logging.getLogger(__name__)
+
+#: The outcome of a command skipped for its size (streamapp_recipient_commands_total{outcome}); created at
+#: import so the series exists (at 0) before the first one, for rate() and alerts.
+OVERSIZE = "oversize"
+_oversize = metrics.COMMANDS.labels(outcome=OVERSIZE)
+
+
+class Oversize(Exception):
+    """The command would make a row larger than SPEC §3 allows; it is skipped, the row stays as it was."""
 
 
 @dataclass(slots=True)
@@ -51,7 +73,11 @@ class Chunks:
 
 
 def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
-    """Stage the effect of one command (at position `seq` of the partition) on the chunk's tables."""
+    """Stage the effect of one command (at position `seq` of the partition) on the chunk's tables.
+
+    Oversize (or the store's RecordTooLarge) when the command would make a row too large: nothing of it
+    is staged.
+    """
     recipients, history = chunks.recipients, chunks.history
     if isinstance(command, SweepInactive):
         sweep(recipients, command, seq)
@@ -65,7 +91,7 @@ def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
         current = decode_recipient(raw) if raw is not None else None
         updated = apply_upsert(current, command, seq)
         if updated is not current:
-            recipients.set(key, encode(updated))
+            recipients.set(key, encode_row(updated, current, len(raw or b""), command))
     elif isinstance(command, SoftBounce):
         raw = recipients.get(key)
         bounced = apply_soft_bounce(decode_recipient(raw) if raw is not None else None, command, seq)
@@ -76,8 +102,55 @@ def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
         history.set(key, None)
     elif isinstance(command, AppendHistory):
         raw = history.get(key)
-        records = decode_history(raw) if raw is not None else []
-        history.set(key, encode(append_history(records, command.records)))
+        history.set(key, encode_history(decode_history(raw) if raw is not None else [], command))
+
+
+def encode_row(updated: Recipient, current: Recipient | None, stored: int, command: UpsertRecipient) -> bytes:
+    """The stored form of an upserted row; Oversize if the upsert makes it outgrow SPEC §3's limits.
+
+    Only growth by added values (an attribute, an e-mail address) is refused: a row stored larger before
+    the limits existed (`stored` bytes) still takes an upsert that clears attributes or changes the status
+    (an unsubscribe must never be refused for the size of a row), or that does not make it larger; the
+    store's changelog limit still holds for those.
+    """
+    data = encode(updated)
+    if current is not None and not _adds_values(command):
+        return data
+    if len(data) > MAX_RECORD_BYTES and (current is None or len(data) > stored):
+        raise Oversize(f"the row would take {len(data)} bytes stored, more than {MAX_RECORD_BYTES}")
+    count = len(updated.attributes)
+    if count > MAX_ATTRIBUTES and (current is None or count > len(current.attributes)):
+        raise Oversize(f"the row would have {count} attributes, more than {MAX_ATTRIBUTES}")
+    return data
+
+
+def _adds_values(command: UpsertRecipient) -> bool:
+    if command.email is not msgspec.UNSET:
+        return True
+    attributes = command.attributes
+    return attributes is not msgspec.UNSET and any(value is not None for value in attributes.values())
+
+
+def encode_history(current: list[HistoryRecord], command: AppendHistory) -> bytes:
+    """The stored history after the append; the oldest records dropped to fit (rules.fit_history).
+
+    Oversize for a record that could not fit even alone (only a command that bypassed the door has one):
+    dropping the whole history for it would be worse than skipping it.
+    """
+    for record in command.records:
+        size = len(encode(record))
+        if size > MAX_HISTORY_RECORD_BYTES:
+            raise Oversize(f"a history record takes {size} bytes stored, more than {MAX_HISTORY_RECORD_BYTES}")
+    merged = append_history(current, command.records)
+    data = encode(merged)
+    if len(data) <= MAX_RECORD_BYTES:
+        return data
+    kept = fit_history(merged)
+    log.info(
+        "history of %s/%s: %d oldest records dropped to stay within %d bytes",
+        command.database, command.originalId, len(merged) - len(kept), MAX_RECORD_BYTES,
+    )  # fmt: skip
+    return encode(kept)
 
 
 def sweep(recipients: PartitionTransaction, command: SweepInactive, seq: int) -> None:
@@ -91,16 +164,54 @@ def sweep(recipients: PartitionTransaction, command: SweepInactive, seq: int) ->
 SEQ_STRIDE = 4096
 
 
-def apply_commands(chunks: Chunks, commands: list[Command], offset: int) -> int:
-    """Stage every command of the event at `offset` in order; return how many failed (and were skipped)."""
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What became of an event's commands that were not applied."""
+
+    failed: int = 0
+    oversize: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.failed + self.oversize
+
+
+def apply_all(chunks: Chunks, commands: list[Command], offset: int) -> Applied:
+    """Stage every command of the event at `offset` in order; count (in metrics too) those skipped for size."""
     upserts = [c for c in commands if isinstance(c, UpsertRecipient)]
     chunks.recipients.prefetch([recipient_key(c.database, c.originalId) for c in upserts])
-    failed = 0
+    failed = oversize = 0
     base = (offset + 1) * SEQ_STRIDE
     for index, command in enumerate(commands):
         try:
             apply_command(chunks, command, base + index)
+        except (Oversize, RecordTooLarge) as exc:
+            log.warning("skipping %s: %s", describe(command), exc)
+            oversize += 1
         except Exception:
-            log.exception("skipping command that failed to apply: %r", command)
+            log.exception("skipping command that failed to apply: %s", describe(command))
             failed += 1
-    return failed
+    _oversize.inc(oversize)
+    return Applied(failed, oversize)
+
+
+def apply_commands(chunks: Chunks, commands: list[Command], offset: int) -> int:
+    """Stage every command of the event at `offset` in order; return how many were skipped (failed or oversize).
+
+    The oversize ones are counted under their own outcome here already (apply_all).
+    """
+    return apply_all(chunks, commands, offset).skipped
+
+
+#: Characters of an originalId shown in the log (an originalId has at most 256).
+MAX_LOGGED_ID = 256
+
+
+def describe(command: Command) -> str:
+    """A command for the log: its kind and whose it is, never its values (they may be large, and personal)."""
+    kind = type(command).__name__
+    if isinstance(command, BatchInfo):
+        return f"{kind} {command.batchId}"
+    if isinstance(command, SweepInactive):
+        return f"{kind} of {command.database} before {command.before}"
+    return f"{kind} of {command.database}/{command.originalId[:MAX_LOGGED_ID]!r}"

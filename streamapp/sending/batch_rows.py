@@ -21,7 +21,7 @@ import msgspec
 from ijson.common import ObjectBuilder
 
 from streamapp.core.models import RowError, UpsertRecipient
-from streamapp.core.validation import parse_recipient
+from streamapp.core.validation import MAX_DEPTH, check_properties, check_size, parse_recipient
 from streamapp.settings import DatabaseSettings, ImportSettings
 from streamapp.tabular.csvreader import DelimitedFile, FileRejected, precheck
 from streamapp.tabular.rows import convert_recipients, plan_columns
@@ -30,8 +30,6 @@ Format = Literal["csv", "ndjson", "json"]
 CHUNK_ROWS = 2000
 DELIMITERS = (";", ",", "\t", "|")
 IDENTITY = "originalId"
-#: Deepest nesting of one row (objects and arrays); `properties` rarely need more than three.
-MAX_DEPTH = 32
 
 
 @dataclass
@@ -101,31 +99,23 @@ def _csv_rows(path: Path, db: DatabaseSettings, zone: ZoneInfo, at: str, decoded
 def parse_row(
     db: DatabaseSettings, item: Any, at: str, zone: ZoneInfo, path: str
 ) -> tuple[UpsertRecipient | None, dict[str, Any], str | None]:
-    """(upsert, properties, None) for a good row, (None, {}, reason) for a bad one."""
+    """(upsert, properties, None) for a good row, (None, {}, reason) for a bad one.
+
+    The limits are SPEC §3's (streamapp.core.validation): the row's message carries its properties and
+    the attributes it writes, in one Kafka record and later in the ledger, so together they are bounded.
+    """
     if not isinstance(item, dict):
         return None, {}, "must be a JSON object"
     fields = dict(item)
     properties = fields.pop("properties", {})
     upsert, errors = parse_recipient(db, fields, at=at, zone=zone, path=path, allow_status=False)
-    problems = [f"{e.path}: {e.message}" for e in errors]
-    if not isinstance(properties, dict):
-        problems.append(f"{path}/properties: must be an object")
-    elif nesting_depth(properties) > MAX_DEPTH:
-        problems.append(f"{path}/properties: nested deeper than {MAX_DEPTH} levels")
-    if problems or upsert is None:
-        return None, {}, "; ".join(problems)
+    errors += check_properties(properties, f"{path}/properties")
+    if not errors and upsert is not None and upsert.attributes:
+        values = {"properties": properties, "attributes": upsert.attributes}
+        errors = check_size(values, f"{path}/properties", "the properties and attributes")
+    if errors or upsert is None:
+        return None, {}, "; ".join(f"{e.path}: {e.message}" for e in errors)
     return upsert, properties, None
-
-
-def nesting_depth(value: Any) -> int:
-    """How deep objects and arrays nest in `value` (iterative: safe on any depth)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        current, depth = stack.pop()
-        if isinstance(current, dict | list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (current.values() if isinstance(current, dict) else current))
-    return deepest
 
 
 def _ndjson_rows(path: Path, db: DatabaseSettings, zone: ZoneInfo, at: str) -> Iterator[RowChunk]:

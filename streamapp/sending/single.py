@@ -27,9 +27,10 @@ from streamapp.core.validation import (
     check_attributes,
     check_email,
     check_original_id,
+    check_properties,
+    check_size,
     parse_datetime,
 )
-from streamapp.sending.batch_rows import MAX_DEPTH, nesting_depth
 from streamapp.settings import DatabaseSettings, TriggerSettings
 
 FIELDS = frozenset({"originalId", "email", "properties", "saveProps", "deliveryTime", "idempotencyKey"})
@@ -57,20 +58,8 @@ def parse_single(body: Any, db: DatabaseSettings, zone: ZoneInfo, header_key: st
         errors.append(FieldError("/originalId", "is required"))
     errors += check_original_id(body.get("originalId"), "/originalId")
     errors += check_email(body.get("email"), "/email")
-    properties = body.get("properties", {})
-    if not isinstance(properties, dict):
-        errors.append(FieldError("/properties", "must be an object"))
-        properties = {}
-    elif nesting_depth(properties) > MAX_DEPTH:
-        errors.append(FieldError("/properties", f"nested deeper than {MAX_DEPTH} levels"))
-    save = body.get("saveProps", False)
-    if not isinstance(save, bool):
-        errors.append(FieldError("/saveProps", "must be true or false"))
-    saved: dict[str, Any] = {}
-    if save is True:
-        matching = {k: v for k, v in properties.items() if k in db.attributes or db.auto_create_attributes}
-        saved, attribute_errors = check_attributes(db, matching, "/properties", zone)
-        errors += attribute_errors
+    properties, saved, value_errors = _values(body, db, zone)
+    errors += value_errors
     delivery = None
     if body.get("deliveryTime") is not None:
         delivery = parse_datetime(body["deliveryTime"], zone)
@@ -83,6 +72,31 @@ def parse_single(body: Any, db: DatabaseSettings, zone: ZoneInfo, header_key: st
     without_key = {k: v for k, v in body.items() if k != "idempotencyKey"}
     digest = hashlib.sha256(msgspec.json.encode(without_key, order="sorted")).hexdigest()
     return SingleRequest(body["originalId"], body.get("email"), properties, saved, delivery, key, digest)
+
+
+def _values(
+    body: dict[str, Any], db: DatabaseSettings, zone: ZoneInfo
+) -> tuple[dict[str, Any], dict[str, Any], list[FieldError]]:
+    """(properties, saved, errors): the template's properties and, with saveProps, the attributes they set.
+
+    Both travel in the SendMessage (one Kafka record, then the ledger row while the message waits), so
+    besides their own limits (streamapp.core.validation) they are bounded together.
+    """
+    properties = body.get("properties", {})
+    errors = check_properties(properties, "/properties")
+    if not isinstance(properties, dict):
+        properties = {}
+    save = body.get("saveProps", False)
+    if not isinstance(save, bool):
+        errors.append(FieldError("/saveProps", "must be true or false"))
+    saved: dict[str, Any] = {}
+    if save is True:
+        matching = {k: v for k, v in properties.items() if k in db.attributes or db.auto_create_attributes}
+        saved, attribute_errors = check_attributes(db, matching, "/properties", zone)
+        errors += attribute_errors
+    if not errors and saved:
+        errors = check_size({"properties": properties, "attributes": saved}, "/properties", "the properties")
+    return properties, saved, errors
 
 
 def _idempotency_key(in_body: Any, in_header: str | None) -> tuple[str | None, list[FieldError]]:

@@ -8,6 +8,7 @@ is (a file cannot clear an attribute; the API can, with null).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,20 @@ import msgspec
 import polars as pl
 
 from streamapp.core.models import AppendHistory, HistoryRecord, RecipientCommand, UpsertRecipient
-from streamapp.core.validation import EMAIL_RE, MAX_ORIGINAL_ID, parse_datetime
+from streamapp.core.validation import (
+    CONTROL_PATTERN,
+    EMAIL_ASCII,
+    MAX_ATTRIBUTES,
+    MAX_ATTRIBUTES_BYTES,
+    MAX_EMAIL,
+    MAX_HISTORY_RECORD_BYTES,
+    MAX_ORIGINAL_ID,
+    MAX_STRING_BYTES,
+    email_problem,
+    encoded_size,
+    parse_datetime,
+    text_problem,
+)
 from streamapp.settings import AttributeType, DatabaseSettings, ImportSettings
 from streamapp.tabular.csvreader import FileRejected
 
@@ -26,6 +40,12 @@ FALSE = ("false", "0", "no", "n", "f", "nej")
 HISTORY_COLUMNS = ("originalId", "sku", "itemPrice", "time", "quantity", "total")
 MAX_CUSTOM = 25  # custom2..custom26
 HISTORY_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: Polars (Rust regex) form of an all-ASCII address: `$` there is the end of the text, never a newline.
+_EMAIL_POLARS = f"^(?:{EMAIL_ASCII})$"
+#: What one attribute may take stored beyond its text in the file: the name's and the value's MessagePack
+#: headers (5 bytes each at most) and a typed value's growth (a float is 9 bytes, a date-time gains its
+#: offset). With it, the row estimate of convert_recipients is never below the stored size.
+_ATTRIBUTE_OVERHEAD = 16
 
 
 @dataclass(frozen=True)
@@ -83,7 +103,18 @@ def plan_columns(imp: ImportSettings, db: DatabaseSettings, header: list[str] | 
             attributes.append(Attribute(index, column, column, db.attributes.get(column, "string")))
         else:
             ignored.append(column)
+    _check_attribute_columns(attributes)
     return ColumnPlan(identity, identity_name, email, email_column, tuple(attributes), tuple(ignored))
+
+
+def _check_attribute_columns(attributes: list[Attribute]) -> None:
+    """SPEC §3 limits known from the header: every row would break them, so the file is refused whole."""
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise FileRejected(f"{len(attributes)} columns are attributes; a recipient has at most {MAX_ATTRIBUTES}")
+    for attribute in attributes:
+        problem = text_problem(attribute.name)
+        if problem:
+            raise FileRejected(f"column {attribute.column[:60]!r}: an attribute name that {problem}")
 
 
 def _frame(rows: list[list[str]], indexes: list[int]) -> pl.DataFrame:
@@ -111,7 +142,8 @@ def _typed(attribute: Attribute, zone: ZoneInfo) -> tuple[pl.Expr, pl.Expr]:
         out: pl.Expr = value.cast(pl.Int64, strict=False)
         what = "is not an integer"
     elif attribute.kind == "float":
-        out = value.str.replace(",", ".", literal=True).cast(pl.Float64, strict=False)
+        number = value.str.replace(",", ".", literal=True).cast(pl.Float64, strict=False)
+        out = pl.when(number.is_finite()).then(number).otherwise(None)  # "nan", "inf", "1e999": not numbers
         what = "is not a number"
     elif attribute.kind == "bool":
         lowered = value.str.to_lowercase()
@@ -124,9 +156,48 @@ def _typed(attribute: Attribute, zone: ZoneInfo) -> tuple[pl.Expr, pl.Expr]:
         out = value.map_elements(lambda v: _iso_datetime(v, zone), return_dtype=pl.String)
         what = "is not a date-time (ISO 8601)"
     else:
-        return value, pl.lit(None, dtype=pl.String)
+        return value, _text_reason(value, label)
     reason = _reason(present & out.is_null(), pl.lit(label) + _quoted(c) + pl.lit(f" {what}"))
     return out, reason
+
+
+def _text_reason(value: pl.Expr, label: str) -> pl.Expr:
+    """A string attribute's cell: at most MAX_STRING_BYTES in UTF-8, no control characters (SPEC §3)."""
+    return (
+        pl.when(value.str.len_bytes() > MAX_STRING_BYTES)
+        .then(pl.lit(label) + value.str.len_bytes().cast(pl.String) + pl.lit(f" bytes, more than {MAX_STRING_BYTES}"))
+        .when(value.str.contains(CONTROL_PATTERN))
+        .then(pl.lit(f"{label}contains control characters (tab and line breaks are allowed)"))
+        .otherwise(None)
+    )
+
+
+def _row_size_reason(plan: ColumnPlan) -> pl.Expr:
+    """A row whose attributes would take more than MAX_ATTRIBUTES_BYTES stored (an estimate never below it)."""
+    sizes = [
+        pl.when(pl.col(f"c{a.index}") != "")
+        .then(pl.col(f"c{a.index}").str.len_bytes().cast(pl.Int64) + len(a.name.encode()) + _ATTRIBUTE_OVERHEAD)
+        .otherwise(0)
+        for a in plan.attributes
+    ]
+    total = pl.sum_horizontal(sizes) if sizes else pl.lit(0, dtype=pl.Int64)
+    message = pl.lit("the attributes would take about ") + total.cast(pl.String)
+    return _reason(total > MAX_ATTRIBUTES_BYTES, message + pl.lit(f" bytes stored, more than {MAX_ATTRIBUTES_BYTES}"))
+
+
+def _email_reasons(frame: pl.DataFrame, index: int, column_name: str | None) -> pl.Series:
+    """Per row, why the e-mail cell is not an address (or null): polars checks the plain ASCII ones, and
+    streamapp.core.validation.email_problem, the one rule of every door, decides the few others (IDN, bad)."""
+    column = frame.get_column(f"c{index}")
+    plain = column.str.contains(_EMAIL_POLARS) & (column.str.len_bytes() <= MAX_EMAIL)
+    suspects = ((column != "") & ~plain).fill_null(False)
+    reasons: list[str | None] = [None] * len(column)
+    for i in suspects.arg_true().to_list():
+        value = column[i]
+        problem = email_problem(value)
+        if problem:
+            reasons[i] = f"column {column_name!r}: {value[:60]!r} {problem}"
+    return pl.Series("email_reason", reasons, dtype=pl.String)
 
 
 def _iso_datetime(value: str, zone: ZoneInfo) -> str | None:
@@ -155,21 +226,15 @@ def convert_recipients(
     ]
     outputs = [pl.col(oid).alias("originalId")]
     if plan.email is not None:
+        frame = frame.with_columns(_email_reasons(frame, plan.email, plan.email_column))
+        reasons.append(pl.col("email_reason"))
         email = pl.col(f"c{plan.email}")
-        bad = (email != "") & ~email.str.contains(EMAIL_RE.pattern) | (email.str.len_chars() > 254)
-        reasons.append(
-            _reason(
-                bad,
-                pl.lit(f"column {plan.email_column!r}: ")
-                + _quoted(f"c{plan.email}")
-                + pl.lit(" is not a valid e-mail address"),
-            )
-        )
         outputs.append(pl.when(email == "").then(None).otherwise(email).alias("email"))
     for n, attribute in enumerate(plan.attributes):
         value, reason = _typed(attribute, zone)
         outputs.append(pl.when(pl.col(f"c{attribute.index}") == "").then(None).otherwise(value).alias(f"a{n}"))
         reasons.append(reason)
+    reasons.append(_row_size_reason(plan))
     result = frame.select(*outputs, pl.concat_str(reasons, separator="; ", ignore_nulls=True).alias("reason"))
     return _commands(result, lines, plan, imp, at)
 
@@ -232,6 +297,11 @@ def _history_record(
         return None, f"expected at most {len(HISTORY_COLUMNS) + MAX_CUSTOM} fields, found {len(row)}"
     if not cells[0] or len(cells[0]) > MAX_ORIGINAL_ID:
         return None, "empty identity (field 1)" if not cells[0] else "identity longer than 256 characters"
+    if any(ord(c) < 32 for c in cells[0]):
+        return None, "identity contains control characters"
+    problem = _history_text_problem(cells)
+    if problem:
+        return None, problem
     numbers: dict[str, float | None] = {}
     for name, index in (("price", 2), ("quantity", 4), ("total", 5)):
         numbers[name], bad = _number(cells[index])
@@ -252,13 +322,34 @@ def _history_record(
     record = HistoryRecord(
         id=f"{digest[:16]}:{line}", type=imp.history_type, time=when, sku=cells[1] or None, fields=custom, **numbers
     )
-    return record, None
+    return record, _record_size_problem(record, cells)
+
+
+def _history_text_problem(cells: list[str]) -> str | None:
+    """The text fields of a history row (sku, custom2..custom26): SPEC §3 string values."""
+    for index in (1, *range(len(HISTORY_COLUMNS), len(cells))):
+        problem = text_problem(cells[index])
+        if problem:
+            name = HISTORY_COLUMNS[index] if index < len(HISTORY_COLUMNS) else f"custom{index - 4}"
+            return f"field {index + 1} ({name}): {problem}"
+    return None
+
+
+def _record_size_problem(record: HistoryRecord, cells: list[str]) -> str | None:
+    """A record larger than a history list may hold; encoded only when its text could make it so."""
+    if 4 * sum(map(len, cells)) + 1024 <= MAX_HISTORY_RECORD_BYTES:
+        return None  # UTF-8 takes at most 4 bytes a character, the rest of a record far less than 1 KiB
+    size = encoded_size(record)
+    if size is None or size > MAX_HISTORY_RECORD_BYTES:
+        return f"the record takes {size} bytes stored, more than {MAX_HISTORY_RECORD_BYTES}"
+    return None
 
 
 def _number(text: str) -> tuple[float | None, bool]:
     if not text:
         return None, False
     try:
-        return float(text.replace(",", ".") if "." not in text else text), False
+        value = float(text.replace(",", ".") if "." not in text else text)
     except ValueError:
         return None, True
+    return (value, False) if math.isfinite(value) else (None, True)  # "nan", "inf", "1e999": not numbers

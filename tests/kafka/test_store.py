@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamapp.kafka.app import new_faust_app
-from streamapp.kafka.store import FAUST_KEYS, Store
+from streamapp.kafka.store import FAUST_KEYS, MAX_CHANGELOG_RECORD, RecordTooLarge, Store
 from streamapp.settings import load_settings
 from streamapp.tables.recipients import recipients_table
 from tests.fixtures import config_text
@@ -86,3 +88,51 @@ def _tp(topic: str, partition: int) -> object:
 
 def test_a_transaction_writes_rocksdb_and_the_changelog_once_per_key(kafka: str, tmp_path: Path) -> None:
     asyncio.run(_exercise(kafka, tmp_path))
+
+
+@asynccontextmanager
+async def _started_store(kafka: str, tmp_path: Path) -> AsyncIterator[tuple[Store, str]]:
+    """A recipients Store of a fresh app (changelog topic created, producer started) and the bootstrap address."""
+    config = tmp_path / "streamapp.toml"
+    config.write_text(config_text(kafka, tmp_path / "data", 1, f"store-{uuid.uuid4().hex[:8]}", partitions=1))
+    app = new_faust_app(load_settings(config, environ={}))
+    store = Store(app, recipients_table(app, 1))
+    bootstrap = kafka.removeprefix("kafka://")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(store.changelog, 1, 1)])
+    await admin.close()
+    await app.producer.start()
+    try:
+        yield store, bootstrap
+    finally:
+        await app.producer.stop()
+
+
+async def _refuses_what_the_changelog_cannot_take(kafka: str, tmp_path: Path) -> None:
+    async with _started_store(kafka, tmp_path) as (store, bootstrap):
+        tx = store.transaction(0)
+        tx.set(b"members/a", b"A")
+        with pytest.raises(RecordTooLarge, match="members/big"):
+            tx.set(b"members/big", b"x" * MAX_CHANGELOG_RECORD)  # key + value: over by the key
+        near = b"y" * (MAX_CHANGELOG_RECORD - len(b"members/near"))  # exactly the limit: the broker takes it
+        tx.set(b"members/near", near)
+        assert b"members/big" not in tx.pending
+        await tx.flush()
+        await store.app.producer.flush()
+        with pytest.raises(RecordTooLarge):
+            await store.put_durably(0, b"members/big", b"x" * (2 * MAX_CHANGELOG_RECORD))
+        assert store.get(0, b"members/big") is None  # refused before RocksDB was written
+        await store.put_durably(0, b"members/c", b"C")
+        records = await _changelog(bootstrap, store.changelog, 0)
+        assert [(k, len(v or b"")) for k, v in records] == [
+            (b"members/a", 1),
+            (b"members/near", len(near)),
+            (b"members/c", 1),
+        ]
+        assert store.table.data.persisted_offset(_tp(store.changelog, 0)) == 2
+
+
+def test_a_value_the_changelog_cannot_take_is_refused_before_anything_is_written(kafka: str, tmp_path: Path) -> None:
+    """The last line of defence of SPEC §3: such a value used to fail the changelog send and crash the worker."""
+    asyncio.run(_refuses_what_the_changelog_cannot_take(kafka, tmp_path))

@@ -147,3 +147,18 @@ def test_date_follows_the_clock_and_boundaries_differ() -> None:
     second = parse(build(builder))
     assert (second["Date"].datetime - first["Date"].datetime).total_seconds() == 61
     assert first.get_boundary() != second.get_boundary()
+
+
+def test_control_characters_never_reach_headers_and_binary_bodies_are_encoded() -> None:
+    """Rows stored before the door checks may still carry NUL or CR/LF (SPEC §3 hardening)."""
+    builder = MimeBuilder("news@example.com")
+    data = builder.build(
+        to="ann@example.com", subject="Hi\x00 there\r\nBcc: x@y.z", html="<p>a\x00b</p>", text="a",
+        message_id="m1", unsubscribe_url="https://x/u/t",
+    )  # fmt: skip
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"\x00" not in data and not any(line.startswith(b"Bcc:") for line in head.split(b"\r\n"))
+    assert b"Subject: Hi there Bcc: x@y.z" in head
+    assert b"quoted-printable" in data and b"=00" in body
+    with pytest.raises(MimeError):
+        normalize_address("a\x00@example.com")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+
+import pytest
+from prometheus_client import REGISTRY
 
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import (
@@ -11,14 +15,17 @@ from streamapp.core.models import (
     Command,
     DeleteRecipient,
     HistoryRecord,
+    Recipient,
     SoftBounce,
     SweepInactive,
     UpsertRecipient,
     decode_batch_info,
     decode_history,
     decode_recipient,
+    encode,
 )
-from streamapp.recipients.apply import Chunks, apply_commands
+from streamapp.kafka.store import check_record
+from streamapp.recipients.apply import Chunks, apply_all, apply_commands
 
 
 class MemoryTransaction:
@@ -34,6 +41,7 @@ class MemoryTransaction:
         return self.rows.get(key)
 
     def set(self, key: bytes, value: bytes | None) -> None:
+        check_record("memory", key, value)  # the store's refusal of what the changelog cannot take
         if value is None:
             self.rows.pop(key, None)
         else:
@@ -107,3 +115,86 @@ def test_a_command_that_fails_is_counted_and_skipped() -> None:
     c.recipients.set(recipient_key("members", "X"), b"\xc1 not msgpack")  # a corrupt row
     failed = apply_commands(c, [upsert("X", "2026-12-01T00:00:01"), upsert("Y", "2026-12-01T00:00:01")], offset=1)
     assert failed == 1 and recipient(c, "Y") is not None
+
+
+# -- SPEC §3: a row never grows past 512 KiB; the command is skipped and counted, never a crash ------
+
+KIB60 = "x" * (60 * 1024)
+
+
+def oversize_count() -> float:
+    return REGISTRY.get_sample_value("streamapp_recipient_commands_total", {"outcome": "oversize"}) or 0.0
+
+
+def test_an_upsert_that_would_outgrow_the_row_is_skipped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    c = chunks()
+    before = oversize_count()
+    grow = [upsert("A", f"2026-12-01T00:00:0{i}", attributes={f"a{i}": KIB60, f"b{i}": KIB60}) for i in range(5)]
+    with caplog.at_level(logging.WARNING, logger="streamapp.recipients.apply"):
+        result = apply_all(c, [*grow, upsert("B", "2026-12-01T00:00:06", attributes={"firstname": "Bo"})], offset=1)
+    assert (result.failed, result.oversize) == (0, 1) and oversize_count() == before + 1
+    a = recipient(c, "A")
+    assert sorted(a.attributes) == sorted(f"{k}{i}" for i in range(4) for k in "ab")  # type: ignore[attr-defined]
+    assert recipient(c, "B") is not None
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "UpsertRecipient of members/'A'" in record.getMessage() and "more than 524288" in record.getMessage()
+    assert "x" * 100 not in caplog.text  # no attribute values in the log
+    assert apply_commands(c, [upsert("A", "2026-12-01T00:00:07", attributes={"a0": "small"})], offset=2) == 0
+    assert recipient(c, "A").attributes["a0"] == "small"  # type: ignore[attr-defined]
+
+
+def test_a_row_stored_too_large_before_still_takes_what_does_not_grow_it() -> None:
+    """Above all an unsubscribe: it must never be refused for the size of the row."""
+    c = chunks()
+    big = Recipient(originalId="L", attributes={f"a{i}": KIB60 for i in range(10)}, createdAt="t", updatedAt="t")
+    c.recipients.rows[recipient_key("members", "L")] = encode(big)  # type: ignore[attr-defined]
+    assert apply_commands(c, [upsert("L", "2026-12-01T00:00:01", status="unsubscribed")], offset=1) == 0
+    assert recipient(c, "L").status == "unsubscribed"  # type: ignore[attr-defined]
+    assert apply_all(c, [upsert("L", "2026-12-01T00:00:02", attributes={"b": "x"})], offset=2).oversize == 1
+    assert apply_commands(c, [upsert("L", "2026-12-01T00:00:03", attributes={"a0": None})], offset=3) == 0
+    assert "a0" not in recipient(c, "L").attributes  # type: ignore[attr-defined]
+
+
+def test_at_most_256_attributes_once_merged() -> None:
+    """auto_create_attributes: each command has at most 256, several together must not make more."""
+    c = chunks()
+    first = upsert("A", "2026-12-01T00:00:01", attributes={f"a{i}": "x" for i in range(200)})
+    second = upsert("A", "2026-12-01T00:00:02", attributes={f"b{i}": "x" for i in range(100)})
+    assert apply_all(c, [first, second], offset=1).oversize == 1
+    assert len(recipient(c, "A").attributes) == 200  # type: ignore[attr-defined]
+
+
+def record(n: int, size: int = 0) -> HistoryRecord:
+    fields = {"custom1": "y" * size} if size else {}
+    return HistoryRecord(id=f"h{n}", type="purchase", time=f"2026-11-01T00:00:{n:02d}+00:00", fields=fields)
+
+
+def test_a_history_that_would_outgrow_its_row_drops_its_oldest_records() -> None:
+    c = chunks()
+    key = recipient_key("members", "A")
+    commands: list[Command] = [
+        AppendHistory(database="members", originalId="A", records=[record(n, 100 * 1024)]) for n in range(6)
+    ]
+    assert apply_commands(c, commands, offset=1) == 0
+    kept = decode_history(c.history.get(key) or b"")
+    assert [r.id for r in kept] == ["h5", "h4", "h3", "h2", "h1"]  # the newest that fit, newest first
+    assert len(c.history.get(key) or b"") <= 512 * 1024
+
+
+def test_a_history_record_too_large_alone_is_skipped_not_the_history() -> None:
+    c = chunks()
+    huge = AppendHistory(database="members", originalId="A", records=[record(2, 600 * 1024)])
+    small = AppendHistory(database="members", originalId="A", records=[record(1)])
+    result = apply_all(c, [small, huge], offset=1)
+    assert (result.failed, result.oversize) == (0, 1)
+    assert [r.id for r in decode_history(c.history.get(recipient_key("members", "A")) or b"")] == ["h1"]
+
+
+def test_what_the_store_refuses_is_skipped_as_oversize() -> None:
+    """A row stored at 950 KB (before the limits): re-encoding it for a soft bounce is refused by the store."""
+    c = chunks()
+    big = Recipient(originalId="L", attributes={f"a{i}": KIB60 for i in range(16)}, createdAt="t", updatedAt="t")
+    c.recipients.rows[recipient_key("members", "L")] = encode(big)  # type: ignore[attr-defined]
+    bounce = SoftBounce(database="members", originalId="L", at="2026-12-01T00:00:01", action="inc")
+    result = apply_all(c, [bounce, upsert("B", "2026-12-01T00:00:02")], offset=1)
+    assert (result.failed, result.oversize) == (0, 1) and recipient(c, "B") is not None

@@ -137,3 +137,27 @@ def test_hostile_nesting_is_refused_without_exhausting_memory(tmp_path: Path) ->
     nested = b'{"x": ' * 40 + b"1" + b"}" * 40
     [chunk] = read(tmp_path, b'{"originalId": "A", "properties": ' + nested + b"}\n", "ndjson")
     assert chunk.rejected[0].reason == "/properties: nested deeper than 32 levels"
+
+
+def test_rows_beyond_the_limits_are_rejected_rows(tmp_path: Path) -> None:
+    """SPEC §3: a row over a limit is a rejected row with its reason; the others are sent."""
+    big = "x" * 60_000
+    rows = [
+        {"originalId": "A", "properties": {f"p{i}": big for i in range(8)}},  # 480 KB: fits
+        {"originalId": "B", "properties": {f"p{i}": big for i in range(9)}},  # 540 KB of properties
+        {"originalId": "C", "properties": {f"p{i}": 1 for i in range(257)}},
+        {"originalId": "D", "properties": {"code": "a\u0000b"}},
+        {"originalId": "E", "email": "e@x.com\n"},
+        {"originalId": "F", "attributes": {"firstname": "x" * 65_537}},
+        {"originalId": "G", "attributes": {"firstname": big}, "properties": {f"p{i}": big for i in range(8)}},
+    ]
+    [chunk] = read(tmp_path, "".join(json.dumps(r) + "\n" for r in rows).encode(), "ndjson")
+    assert [u.originalId for u in chunk.upserts] == ["A"]
+    reasons = [(e.line, e.reason) for e in chunk.rejected]
+    assert [line for line, _ in reasons] == [2, 3, 4, 5, 6, 7]
+    assert reasons[0][1].startswith("/properties: the properties would take 540")
+    assert reasons[1][1] == "/properties: at most 256 properties, not 257"
+    assert reasons[2][1] == "/properties/code: must not contain control characters (tab and line breaks are allowed)"
+    assert reasons[3][1].startswith("/email: 'e@x.com\\n' is not a valid e-mail address")
+    assert reasons[4][1] == "/attributes/firstname: must be at most 65536 bytes in UTF-8"
+    assert reasons[5][1].startswith("/properties: the properties and attributes would take 54")

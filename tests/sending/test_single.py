@@ -65,3 +65,39 @@ def test_bad_bodies_name_the_place(body: object, header: str | None, path: str) 
     with pytest.raises(InvalidInput) as raised:
         parse_single(body, DB, ZONE, header)
     assert [d.path for d in raised.value.errors] == [path]
+
+
+def _errors(body: object) -> list[tuple[str, str]]:
+    with pytest.raises(InvalidInput) as raised:
+        parse_single(body, DB, ZONE, None)
+    return [(d.path, d.message) for d in raised.value.errors]
+
+
+def test_properties_and_saved_values_are_bounded() -> None:
+    """SPEC §3: at most 256 properties, strings ≤ 64 KiB without control characters, the message ≤ 512 KiB."""
+    big = "x" * 60_000
+    assert _errors({"originalId": "A", "properties": {f"p{i}": 1 for i in range(257)}}) == [
+        ("/properties", "at most 256 properties, not 257")
+    ]
+    assert _errors({"originalId": "A", "properties": {"subject": "Hi\x00"}}) == [
+        ("/properties/subject", "must not contain control characters (tab and line breaks are allowed)")
+    ]
+    assert _errors({"originalId": "A", "properties": {"n": {"deep": [10**30]}}}) == [
+        ("/properties/n/deep/0", "must be an integer between -2^63 and 2^63-1")
+    ]
+    assert _errors({"originalId": "A", "email": "a@x.com\r\nRCPT TO:<b@y>"})[0][0] == "/email"
+    parse_single({"originalId": "A", "properties": {f"p{i}": big for i in range(8)}}, DB, ZONE, None)  # 480 KB
+    [(path, message)] = _errors({"originalId": "A", "properties": {f"p{i}": big for i in range(9)}})
+    assert path == "/properties" and message.startswith("the properties would take 540")
+
+
+def test_save_props_counts_the_values_twice() -> None:
+    """The message carries the properties and the saved attributes: 300 KB saved is 600 KB in the message."""
+    auto = DatabaseSettings("members", True, {})
+    body = {"originalId": "A", "properties": {f"p{i}": "x" * 60_000 for i in range(5)}, "saveProps": True}
+    with pytest.raises(InvalidInput) as raised:
+        parse_single(body, auto, ZONE, None)
+    [error] = raised.value.errors
+    assert error.path == "/properties" and error.message.startswith("the properties would take 600")
+    body["saveProps"] = False
+    assert parse_single(body, auto, ZONE, None).saved == {}

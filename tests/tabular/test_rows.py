@@ -126,3 +126,93 @@ def test_history_rows() -> None:
     assert record.time == "2026-11-20T13:03:00+00:00" and record.fields == {"custom3": "store-7"}
     assert record.id == f"{'ab' * 8}:1" and record.type == "purchase"
     assert second.records[0].time == AT and second.records[0].quantity is None
+
+
+# -- SPEC §3 limits: a rejected row with its line and reason, never a crash ---------------------------
+
+AUTO = DatabaseSettings("members", True, DB.attributes)
+
+
+def test_a_string_cell_over_64_kib_or_with_control_characters_is_a_rejected_row() -> None:
+    commands, rejected = convert([
+        ["C1", "", "x" * 65536, "", "", "", "", "", ""],
+        ["C2", "", "x" * 65537, "", "", "", "", "", ""],
+        ["C3", "", "€" * 21846, "", "", "", "", "", ""],  # 65,538 bytes in fewer characters
+        ["C4", "", "a\x00b", "", "", "", "", "", ""],
+        ["C5", "", "Ann\tLee", "", "", "", "", "", ""],
+    ])  # fmt: skip
+    assert [c.originalId for c in commands] == ["C1", "C5"]
+    assert rejected == [
+        (3, "column 'Name': 65537 bytes, more than 65536"),
+        (4, "column 'Name': 65538 bytes, more than 65536"),
+        (5, "column 'Name': contains control characters (tab and line breaks are allowed)"),
+    ]
+
+
+def test_email_cells_follow_the_rule_of_every_door() -> None:
+    commands, rejected = convert([
+        ["C1", "ann@bücher.de", "", "", "", "", "", "", ""],
+        ["C2", "a\x01@x.com", "", "", "", "", "", "", ""],
+        ["C3", "a" * 243 + "@example.com", "", "", "", "", "", "", ""],
+        ["C4", "ann@-x.com", "", "", "", "", "", "", ""],
+        ["C5", "a@x.com", "", "", "", "", "", "", ""],
+    ])  # fmt: skip
+    assert [(c.originalId, c.email) for c in commands] == [("C1", "ann@bücher.de"), ("C5", "a@x.com")]
+    assert rejected == [
+        (3, "column 'Mail': 'a\\x01@x.com' is not a valid e-mail address (it contains a space or a control character)"),
+        (4, f"column 'Mail': {'a' * 60!r} is not a valid e-mail address (longer than 254 bytes)"),
+        (5, "column 'Mail': 'ann@-x.com' is not a valid e-mail address"),
+    ]
+
+
+def test_a_row_whose_attributes_would_not_fit_a_recipient_is_rejected() -> None:
+    header = ["Id", *(f"n{i}" for i in range(9))]
+    imp = schema(columns={})
+    plan = plan_columns(imp, AUTO, header, len(header))
+    rows = [["C1", *("x" * 60_000 for _ in range(8))], ["C2", *("x" * 60_000 for _ in range(9))]]
+    rows[0].append("")
+    commands, rejected = convert_recipients(rows, [2, 3], plan, imp, ZONE, AT)
+    assert [c.originalId for c in commands] == ["C1"]  # type: ignore[union-attr]
+    assert rejected == [(3, "the attributes would take about 540162 bytes stored, more than 520192")]
+
+
+def test_a_file_with_more_than_256_attribute_columns_is_refused_whole() -> None:
+    header = ["Id", *(f"n{i}" for i in range(257))]
+    with pytest.raises(FileRejected, match="257 columns are attributes; a recipient has at most 256"):
+        plan_columns(schema(columns={}), AUTO, header, len(header))
+    with pytest.raises(FileRejected, match="an attribute name that must not contain control characters"):
+        plan_columns(schema(columns={}), AUTO, ["Id", "a\x01"], 2)
+
+
+def test_history_rows_within_the_limits() -> None:
+    imp = schema(kind="history", header=False, identity=None, columns={}, history_type="purchase")
+    rows = [
+        ["C1", "x" * 65537, "1"],
+        ["C2", "SKU", "1", "", "", "", "a\x00"],
+        ["C3", "SKU", "1", "", "", "", *("x" * 60_000 for _ in range(9))],
+        ["C\x01", "SKU", "1"],
+        ["C5", "SKU", "1", "", "", "", *("x" * 60_000 for _ in range(8))],
+    ]
+    commands, rejected = convert_history(rows, [1, 2, 3, 4, 5], imp, ZONE, AT, "ab" * 32)
+    assert rejected == [
+        (1, "field 2 (sku): must be at most 65536 bytes in UTF-8"),
+        (2, "field 7 (custom2): must not contain control characters (tab and line breaks are allowed)"),
+        (3, "the record takes 540203 bytes stored, more than 524283"),
+        (4, "identity contains control characters"),
+    ]
+    assert [c.originalId for c in commands] == ["C5"]  # type: ignore[union-attr]
+
+
+def test_numbers_that_are_not_finite_are_not_numbers() -> None:
+    """The API refuses NaN and infinities; a file must not store them either."""
+    commands, rejected = convert([["C1", "", "", "", cell, "", "", "", ""] for cell in ("nan", "inf", "1e999", "2,5")])
+    assert [c.attributes for c in commands] == [{"ratio": 2.5}]
+    assert [line for line, _ in rejected] == [2, 3, 4] and "'nan' is not a number" in rejected[0][1]
+    imp = schema(kind="history", header=False, identity=None, columns={}, history_type="purchase")
+    _, rejected = convert_history(
+        [["C1", "SKU", "nan"], ["C2", "SKU", "1", "", "inf"]], [1, 2], imp, ZONE, AT, "ab" * 32
+    )
+    assert rejected == [
+        (1, "field 3 (itemPrice): 'nan' is not a number"),
+        (2, "field 5 (quantity): 'inf' is not a number"),
+    ]
