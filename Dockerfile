@@ -10,12 +10,15 @@
 #       -v "$PWD/secrets:/run/secrets:ro" \
 #       -p 6066:6066 -v streamapp-data:/var/lib/streamapp streamapp
 #
-# The image runs config/production.toml: no development token (the dev
-# configuration, config/streamapp.toml, is not even in the image, see
-# .dockerignore). API tokens and the HMAC key come from mounted files, read by
-# the entrypoint (deploy/compose/entrypoint.sh). See docs/operations.md. Both stages use the same base image, so the
-# virtualenv built in /opt/venv keeps working when copied (its python is a
-# symlink to /usr/local/bin/python3.11 of the base image).
+# The image runs config/production.toml: no development token or key (the dev
+# configuration, config/streamapp.toml, and its key, config/secrets/, are not
+# even in the image, see .dockerignore). API tokens and the HMAC keys come from mounted files that
+# streamapp reads itself (STREAMAPP_TOKENS_FILE, STREAMAPP_SECRET_FILE); it
+# refuses to start without the keys, or with a development token or key, since
+# the API listens on every interface here (SPEC §13). See docs/operations.md.
+# Both stages use the same base image, so the virtualenv built in /opt/venv
+# keeps working when copied (its python is a symlink to
+# /usr/local/bin/python3.11 of the base image).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -77,9 +80,6 @@ COPY --from=builder /opt/venv /opt/venv
 # The production configuration and the templates (read-only for the worker);
 # mount your own over /app/config or point STREAMAPP_CONFIG elsewhere.
 COPY config/ /app/config/
-# Adds the mounted tokens and HMAC key, refuses development tokens, then
-# execs `streamapp "$@"`.
-COPY --chmod=0755 deploy/compose/entrypoint.sh /usr/local/bin/streamapp-entrypoint
 
 WORKDIR /app
 
@@ -113,5 +113,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('STREAMAPP_WEB_PORT') or '6066'; r = urllib.request.urlopen('http://127.0.0.1:%s/healthz' % port, timeout=4); sys.exit(0 if r.status == 200 else 1)"]
 
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["tini", "--", "streamapp-entrypoint"]
+ENTRYPOINT ["tini", "--", "streamapp"]
 CMD ["worker"]

@@ -7,11 +7,13 @@ key (``streamapp check-config`` prints them all).
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,14 @@ RESERVED_ATTRIBUTE_NAMES = frozenset(
     {"originalId", "email", "status", "softBounces", "createdAt", "updatedAt", "attributes"}
 )
 
+#: The bearer tokens documented for development (config/streamapp.toml, README), by SHA-256.
+#: Everybody knows them, so they only work while the API listens on loopback (SPEC §13).
+DEVELOPMENT_TOKENS = {hashlib.sha256(t.encode()).hexdigest(): t for t in ("dev-token", "dev-readonly-token")}
+#: The HMAC key of config/secrets/dev.keys: public as well, and refused off loopback like the tokens.
+DEVELOPMENT_KEY = b"streamapp-development-key-not-secret"
+#: The shortest HMAC key accepted in `[service] secret_file` (SHA-256's output size).
+MIN_KEY_BYTES = 32
+
 AttributeType = Literal["string", "int", "float", "bool", "date", "datetime"]
 T = TypeVar("T")
 
@@ -64,6 +74,32 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(issue) for issue in issues))
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRing:
+    """The HMAC keys every worker shares (SPEC §13): `signing` signs, each of `verifying` verifies.
+
+    Rotation: the new key goes first and the old ones stay after it, so links already sent keep
+    working. The repr never shows a key (settings get logged).
+    """
+
+    signing: bytes
+    verifying: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if self.signing not in self.verifying:
+            raise ValueError("the signing key must be one of the verifying keys")
+
+    @classmethod
+    def of(cls, keys: Sequence[bytes]) -> KeyRing:
+        """The ring of a key file's keys in order: the first signs, all verify."""
+        if not keys:
+            raise ValueError("a key ring needs at least one key")
+        return cls(keys[0], tuple(keys))
+
+    def __repr__(self) -> str:
+        return f"KeyRing(<{len(self.verifying)} key(s)>)"
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     id: str
@@ -79,6 +115,12 @@ class ServiceSettings:
     max_body_bytes: int
     #: Trigger batch and campaign bodies are spooled to disk, so they may be far larger.
     max_batch_bytes: int = 1 << 30
+    #: A TOML file of more [[tokens]] (`tokens_file`, STREAMAPP_TOKENS_FILE), kept out of the main file.
+    tokens_file: Path | None = None
+    #: The key file of `keys` (`secret_file`, STREAMAPP_SECRET_FILE).
+    secret_file: Path | None = None
+    #: None only on a loopback web_host without secret_file: development's per-data-dir key.
+    keys: KeyRing | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -96,7 +138,7 @@ class SmtpSettings:
     retry_max_seconds: float
     expiry_seconds: float
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)  # settings may be logged
     starttls: bool
     unsubscribe_mailto: str | None
 
@@ -184,9 +226,14 @@ class _Reader:
     def __init__(self, file: str) -> None:
         self.file = file
         self.issues: list[ConfigIssue] = []
+        #: Places whose value an environment variable set, so an error there names the variable.
+        self.from_env: dict[str, str] = {}
 
-    def error(self, place: str, message: str) -> None:
-        self.issues.append(ConfigIssue(self.file, place, message))
+    def error(self, place: str, message: str, file: str | None = None) -> None:
+        """Record an issue at `place` of the main file, or of `file` (a tokens or key file)."""
+        if file is None and place in self.from_env:
+            message = f"{message} (set by {self.from_env[place]})"
+        self.issues.append(ConfigIssue(file or self.file, place, message))
 
     @contextmanager
     def table(self, data: Any, place: str) -> Iterator[_Table]:
@@ -324,6 +371,7 @@ def _read_service(r: _Reader, data: Any, base: Path) -> ServiceSettings:
         web_port = t.get("web_port", int, 6066, _port)
         reachable_host = socket.gethostname() if web_host in ("0.0.0.0", "::", "") else web_host
         default_url = f"http://{reachable_host}:{web_port}"
+        secret_file = _path(base, t.get("secret_file", str, None, _non_empty))
         return ServiceSettings(
             id=t.get("id", str, "streamapp", _name_check),
             broker=t.get("broker", str, "kafka://127.0.0.1:9092", _broker),
@@ -337,11 +385,97 @@ def _read_service(r: _Reader, data: Any, base: Path) -> ServiceSettings:
             advertised_url=t.get("advertised_url", str, default_url, _url).rstrip("/"),
             max_body_bytes=t.get("max_body_bytes", int, 16 * 1024 * 1024, _positive),
             max_batch_bytes=t.get("max_batch_bytes", int, 1 << 30, _positive),
+            tokens_file=_path(base, t.get("tokens_file", str, None, _non_empty)),
+            secret_file=secret_file,
+            keys=_read_key_ring(r, secret_file, t.at("secret_file"), web_host),
         )
+
+
+def _path(base: Path, value: str | None) -> Path | None:
+    """A configured file, relative to the configuration's folder (an absolute one stays as it is)."""
+    return (base / value).resolve() if value else None
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+# --------------------------------------------------------------------------
+# Security defaults (SPEC §13): what is safe on loopback only, and the shared keys.
+# --------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an API listening on `host` is reachable from this machine only.
+
+    Only `localhost` and literal loopback addresses count. Other names are not resolved (what a
+    name resolves to can change after start-up), and "", 0.0.0.0 and :: mean every interface.
+    """
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _web_host_note(r: _Reader, web_host: str) -> str:
+    """How an error explains that the API is not on loopback, naming the variable that said so."""
+    source = r.from_env.get("service.web_host")
+    return f"service.web_host is {web_host!r}" + (f", set by {source}" if source else "")
+
+
+def _read_key_ring(r: _Reader, path: Path | None, place: str, web_host: str) -> KeyRing | None:
+    """The keys of `[service] secret_file`; None without one, which only loopback development may do.
+
+    Without a shared file each worker would sign with a key of its own, and a link one worker
+    sent would be a 404 on the others.
+    """
+    if path is None:
+        if not is_loopback(web_host):
+            note = _web_host_note(r, web_host)
+            r.error(place, f"required when the API is not on loopback ({note}): every worker must use the same keys")
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        r.error(place, f"cannot read the key file {path}: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError:  # e.g. a raw <data_dir>/unsubscribe.key: its bytes stay out of the message
+        r.error(place, f"the key file {path} is not text: write each key in hex, one per line")
+        return None
+    keys = _keys_of(r, lines, str(path), web_host)
+    if not keys and not any(issue.file == str(path) for issue in r.issues):
+        r.error(place, f"the key file {path} holds no key (one per line, in hex: `openssl rand -hex 32`)")
+    return KeyRing.of(keys) if keys else None
+
+
+def _keys_of(r: _Reader, lines: list[str], file: str, web_host: str) -> list[bytes]:
+    """One key per line, in hex (at least MIN_KEY_BYTES); blank lines and `#` comments are skipped.
+
+    Errors name the line, never its content: that would print a key into a log.
+    """
+    keys: list[bytes] = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if not re.fullmatch(rf"(?:[0-9a-fA-F]{{2}}){{{MIN_KEY_BYTES},}}", text):
+            problem = f"must be a key of at least {MIN_KEY_BYTES} bytes in hex (`openssl rand -hex 32` makes one)"
+            r.error(f"line {number}", problem, file=file)
+        elif bytes.fromhex(text) == DEVELOPMENT_KEY and not is_loopback(web_host):
+            note = _web_host_note(r, web_host)
+            r.error(f"line {number}", f"the documented development key only works on loopback ({note})", file=file)
+        else:
+            keys.append(bytes.fromhex(text))
+    return keys
 
 
 def _read_smtp(r: _Reader, data: Any) -> SmtpSettings:
     with r.table(data, "smtp") as t:
+        username, password = t.get("username", str, None), t.get("password", str, None)
+        starttls = t.get("starttls", bool, False)
+        _check_credentials_tls(r, t, username, password, starttls)
         return SmtpSettings(
             host=t.get("host", str, "127.0.0.1"),
             port=t.get("port", int, 25, _port),
@@ -351,11 +485,25 @@ def _read_smtp(r: _Reader, data: Any) -> SmtpSettings:
             retry_initial_seconds=float(t.get("retry_initial_seconds", float, 60, _positive)),
             retry_max_seconds=float(t.get("retry_max_seconds", float, 3600, _positive)),
             expiry_seconds=float(t.get("expiry_seconds", float, 86400, _positive)),
-            username=t.get("username", str, None),
-            password=t.get("password", str, None),
-            starttls=t.get("starttls", bool, False),
+            username=username,
+            password=password,
+            starttls=starttls,
             unsubscribe_mailto=t.get("unsubscribe_mailto", str, None),
         )
+
+
+def _check_credentials_tls(r: _Reader, t: _Table, username: str | None, password: str | None, starttls: bool) -> None:
+    """SPEC §13: SMTP credentials are only ever sent over TLS.
+
+    STARTTLS is the only TLS the pool speaks (mail/smtp.py has no implicit-TLS mode yet), and
+    with `starttls = true` aiosmtplib refuses a server that does not offer it instead of
+    falling back to plain text. A username without a password (or the reverse) is a typo.
+    """
+    if (username is None) != (password is None):
+        given, missing = ("username", "password") if password is None else ("password", "username")
+        r.error(t.at(missing), f"required with smtp.{given}")
+    if (username is not None or password is not None) and not starttls:
+        r.error(t.at("starttls"), "must be true when username/password are set: credentials are only sent over TLS")
 
 
 def _sha256_check(value: str) -> str | None:
@@ -363,7 +511,20 @@ def _sha256_check(value: str) -> str | None:
     return None if ok else "must be the 64 hex digits of the token's SHA-256"
 
 
-def _read_tokens(r: _Reader, data: Any) -> tuple[TokenSettings, ...]:
+@dataclass(frozen=True)
+class _PlacedToken:
+    """A token and where it is configured: checks compare tokens across the main and tokens files."""
+
+    file: str
+    place: str
+    token: TokenSettings
+
+    def where(self, file: str) -> str:
+        """This token's place, as seen from an error in `file`."""
+        return self.place if self.file == file else f"{self.place} in {self.file}"
+
+
+def _read_tokens(r: _Reader, data: Any, databases: Mapping[str, DatabaseSettings]) -> list[_PlacedToken]:
     tokens = []
     for i, item in enumerate(_array(r, data, "tokens")):
         with r.table(item, f"tokens[{i}]") as t:
@@ -371,16 +532,62 @@ def _read_tokens(r: _Reader, data: Any) -> tuple[TokenSettings, ...]:
             for scope in scopes:
                 if scope not in SCOPES:
                     r.error(t.at("scopes"), f"unknown scope {scope!r} (known: {', '.join(SCOPES)})")
-            databases = t.get("databases", list, None)
-            tokens.append(
-                TokenSettings(
-                    name=t.get("name", str, f"token{i}"),
-                    sha256=t.get("sha256", str, "", _sha256_check).lower(),
-                    scopes=frozenset(scopes),
-                    databases=frozenset(databases) if databases is not None else None,
-                )
+            databases_of = t.get("databases", list, None)
+            for name in sorted(databases_of or ()):
+                _check_reference(r, t.at("databases"), "database", name, databases)
+            token = TokenSettings(
+                name=t.get("name", str, f"token{i}"),
+                sha256=t.get("sha256", str, "", _sha256_check).lower(),
+                scopes=frozenset(scopes),
+                databases=frozenset(databases_of) if databases_of is not None else None,
             )
-    return tuple(tokens)
+            tokens.append(_PlacedToken(r.file, t.place, token))
+    return tokens
+
+
+def _read_tokens_file(r: _Reader, path: Path | None, databases: Mapping[str, DatabaseSettings]) -> list[_PlacedToken]:
+    """The [[tokens]] of `[service] tokens_file`: API clients kept out of the main file and the image."""
+    if path is None:
+        return []
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        r.error("service.tokens_file", f"cannot read the tokens file {path}: {exc.strerror or exc}")
+        return []
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        r.error("", f"not valid TOML: {exc}", file=str(path))
+        return []
+    reader = _Reader(str(path))
+    for key in raw:
+        if key != "tokens":
+            reader.error(key, "unknown table (a tokens file holds [[tokens]] only)")
+    tokens = _read_tokens(reader, raw.get("tokens"), databases)
+    r.issues.extend(reader.issues)
+    return tokens
+
+
+def _check_tokens(r: _Reader, tokens: list[_PlacedToken], web_host: str) -> None:
+    """One token per client, across every file; the documented development tokens on loopback only.
+
+    Names and digests must be unique: idempotency keys are scoped by a token's digest, and
+    errors and logs name it, so two clients sharing either would be mistaken for each other.
+    """
+    by_name: dict[str, _PlacedToken] = {}
+    by_digest: dict[str, _PlacedToken] = {}
+    for placed in tokens:
+        token, file, place = placed.token, placed.file, placed.place
+        first = by_name.setdefault(token.name, placed)
+        if first is not placed:
+            r.error(f"{place}.name", f"token name {token.name!r} is already used by {first.where(file)}", file=file)
+        if _sha256_check(token.sha256) is None:
+            first = by_digest.setdefault(token.sha256, placed)
+            if first is not placed:
+                message = f"the same token as {first.where(file)}: give each client a token of its own"
+                r.error(f"{place}.sha256", message, file=file)
+        development = DEVELOPMENT_TOKENS.get(token.sha256)
+        if development is not None and not is_loopback(web_host):
+            message = f"the documented development token {development!r} only works on a loopback web_host"
+            r.error(f"{place}.sha256", f"{message} ({_web_host_note(r, web_host)})", file=file)
 
 
 def _read_databases(r: _Reader, data: Any) -> dict[str, DatabaseSettings]:
@@ -574,11 +781,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] = os.envi
 
 def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
     base = path.parent
+    service = _read_service(r, raw.get("service", {}), base)
     databases = _read_databases(r, raw.get("databases"))
-    tokens = _read_tokens(r, raw.get("tokens"))
-    for i, token in enumerate(tokens):
-        for name in sorted(token.databases or ()):
-            _check_reference(r, f"tokens[{i}].databases", "database", name, databases)
+    tokens = _read_tokens(r, raw.get("tokens"), databases) + _read_tokens_file(r, service.tokens_file, databases)
+    _check_tokens(r, tokens, service.web_host)
     templates = base / "templates"
     triggers = {
         name: TriggerSettings(name, db, template, transactional)
@@ -593,15 +799,19 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
     history_types = _read_history_types(r, raw.get("history_types"))
     return Settings(
         path=path,
-        service=_read_service(r, raw.get("service", {}), base),
+        service=service,
         smtp=_read_smtp(r, raw["smtp"]) if "smtp" in raw else None,
-        tokens=tokens,
+        tokens=tuple(placed.token for placed in tokens),
         databases=databases,
         history_types=history_types,
         imports=_read_imports(r, raw.get("imports"), databases, history_types),
         triggers=triggers,
         campaigns=campaigns,
     )
+
+
+#: Keys of [service] naming a path: one from the environment is relative to the working directory.
+PATH_KEYS = ("data_dir", "tokens_file", "secret_file")
 
 
 def _apply_environment(r: _Reader, raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -615,9 +825,12 @@ def _apply_environment(r: _Reader, raw: dict[str, Any], environ: Mapping[str, st
         ("STREAMAPP_WEB_HOST", "web_host"),
         ("STREAMAPP_ADVERTISED_URL", "advertised_url"),
         ("STREAMAPP_PUBLIC_URL", "public_url"),
+        ("STREAMAPP_TOKENS_FILE", "tokens_file"),
+        ("STREAMAPP_SECRET_FILE", "secret_file"),
     ):
         if environ.get(var):
-            service[key] = environ[var] if key != "data_dir" else str(Path(environ[var]).resolve())
+            service[key] = str(Path(environ[var]).resolve()) if key in PATH_KEYS else environ[var]
+            r.from_env[f"service.{key}"] = var
     if environ.get("STREAMAPP_WEB_PORT"):
         try:
             service["web_port"] = int(environ["STREAMAPP_WEB_PORT"])

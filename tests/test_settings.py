@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamapp.settings import DEFAULT_HISTORY_TYPES, ConfigError, load_settings
+from streamapp.settings import DEFAULT_HISTORY_TYPES, DEVELOPMENT_KEY, ConfigError, load_settings
 
 SHA = "a" * 64
 
@@ -152,3 +152,202 @@ def test_batch_body_limit_is_a_service_setting(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "[service]\nmax_batch_bytes = 5000\n"), {})
     assert settings.service.max_batch_bytes == 5000 and settings.service.max_body_bytes == 16 * 1024 * 1024
     assert issues_of(write(tmp_path, "[service]\nmax_batch_bytes = 0\n"))[0].startswith("service.max_batch_bytes")
+
+
+# -- security defaults (SPEC §13) ----------------------------------------------------------------
+
+DEV_TOKEN = "c91cbbedf8c712e8e2b7517ddeca8fe4fde839ebd8339e0b2001363002b37712"  # sha256("dev-token")
+KEY_A, KEY_B = "a1" * 32, "b2" * 40
+NOT_LOOPBACK = ["0.0.0.0", "::", "", "10.1.2.3", "192.168.0.7", "2001:db8::1", "stream-a.internal", "::ffff:127.0.0.1"]
+LOOPBACK = ["127.0.0.1", "127.1.2.3", "::1", "localhost", "LocalHost."]
+
+
+def keys_file(tmp_path: Path, *lines: str, name: str = "streamapp.keys") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def service(web_host: str, *lines: str) -> str:
+    return f'[service]\nweb_host = "{web_host}"\n' + "".join(f"{line}\n" for line in lines)
+
+
+def dev_token(name: str = "dev") -> str:
+    return f'[[tokens]]\nname = "{name}"\nsha256 = "{DEV_TOKEN}"\nscopes = ["admin"]\n'
+
+
+@pytest.mark.parametrize("web_host", NOT_LOOPBACK)
+def test_development_tokens_refuse_a_web_host_off_loopback(tmp_path: Path, web_host: str) -> None:
+    keys = keys_file(tmp_path, KEY_A)
+    found = issues_of(write(tmp_path, service(web_host, f'secret_file = "{keys}"') + dev_token()))
+    assert found == [
+        "tokens[0].sha256: the documented development token 'dev-token' only works on a loopback web_host "
+        f"(service.web_host is {web_host!r})"
+    ]
+
+
+@pytest.mark.parametrize("web_host", LOOPBACK)
+def test_development_tokens_and_key_work_on_loopback(tmp_path: Path, web_host: str) -> None:
+    shipped = Path(__file__).parents[1] / "config" / "secrets" / "dev.keys"
+    settings = load_settings(write(tmp_path, service(web_host, f'secret_file = "{shipped}"') + dev_token()), {})
+    assert [t.sha256 for t in settings.tokens] == [DEV_TOKEN]
+    assert settings.service.keys is not None and settings.service.keys.signing == DEVELOPMENT_KEY
+
+
+def test_the_shipped_development_config_refuses_to_listen_on_every_interface() -> None:
+    shipped = Path(__file__).parents[1] / "config"
+    with pytest.raises(ConfigError) as info:
+        load_settings(shipped / "streamapp.toml", {"STREAMAPP_WEB_HOST": "0.0.0.0"})
+    found = [str(issue) for issue in info.value.issues]
+    note = "(service.web_host is '0.0.0.0', set by STREAMAPP_WEB_HOST)"
+    assert found == [
+        f"{shipped / 'secrets' / 'dev.keys'}: line 10: the documented development key only works on loopback {note}",
+        f"{shipped / 'streamapp.toml'}: tokens[0].sha256: the documented development token 'dev-token' only works "
+        f"on a loopback web_host {note}",
+        f"{shipped / 'streamapp.toml'}: tokens[1].sha256: the documented development token 'dev-readonly-token' "
+        f"only works on a loopback web_host {note}",
+    ]
+
+
+def test_off_loopback_a_shared_secret_file_is_required(tmp_path: Path) -> None:
+    assert issues_of(write(tmp_path, service("0.0.0.0"))) == [
+        "service.secret_file: required when the API is not on loopback (service.web_host is '0.0.0.0'): "
+        "every worker must use the same keys"
+    ]
+    assert load_settings(write(tmp_path, service("127.0.0.1")), {}).service.keys is None  # the per-data-dir key
+
+
+def test_secret_file_keys_first_signs_all_verify(tmp_path: Path) -> None:
+    path = keys_file(tmp_path, "# rotated 2026-06-01", "", f"  {KEY_B.upper()}  ", "# the previous key:", KEY_A)
+    (tmp_path / "conf").mkdir()
+    config = write(tmp_path / "conf", service("0.0.0.0", 'secret_file = "../streamapp.keys"'))
+    settings = load_settings(config, {})
+    assert settings.service.secret_file == path
+    keys = settings.service.keys
+    assert keys is not None
+    assert keys.signing == bytes.fromhex(KEY_B) and keys.verifying == (bytes.fromhex(KEY_B), bytes.fromhex(KEY_A))
+    assert KEY_A not in repr(settings) and "a1a1" not in repr(settings) and repr(keys) == "KeyRing(<2 key(s)>)"
+
+
+def test_secret_file_errors_name_the_file_and_line_never_the_key(tmp_path: Path) -> None:
+    short, not_hex = "ab" * 31, "zz" * 40
+    path = keys_file(tmp_path, "# keys", short, KEY_A, not_hex, "ab" * 32 + "a")
+    config = write(tmp_path, service("0.0.0.0", f'secret_file = "{path}"'))
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, {})
+    problem = "must be a key of at least 32 bytes in hex (`openssl rand -hex 32` makes one)"
+    assert [str(i) for i in info.value.issues] == [f"{path}: line {n}: {problem}" for n in (2, 4, 5)]
+    assert short not in str(info.value) and not_hex not in str(info.value)
+
+
+def test_secret_file_that_is_missing_or_empty(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.keys"
+    found = issues_of(write(tmp_path, service("0.0.0.0", f'secret_file = "{missing}"')))
+    assert found == [f"service.secret_file: cannot read the key file {missing}: No such file or directory"]
+    empty = keys_file(tmp_path, "# no key yet", "")
+    found = issues_of(write(tmp_path, service("127.0.0.1", f'secret_file = "{empty}"')))
+    assert found == [
+        f"service.secret_file: the key file {empty} holds no key (one per line, in hex: `openssl rand -hex 32`)"
+    ]
+
+
+def test_a_raw_binary_key_file_is_refused_without_showing_it(tmp_path: Path) -> None:
+    raw = tmp_path / "unsubscribe.key"
+    raw.write_bytes(b"\xff\xfe" + b"\x00" * 30)  # what load_or_create_secret writes: 32 random bytes
+    found = issues_of(write(tmp_path, service("0.0.0.0", f'secret_file = "{raw}"')))
+    assert found == [f"service.secret_file: the key file {raw} is not text: write each key in hex, one per line"]
+
+
+def test_secret_file_from_the_environment_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.keys"
+    found = issues_of(write(tmp_path, service("0.0.0.0")), {"STREAMAPP_SECRET_FILE": str(missing)})
+    assert found == [
+        f"service.secret_file: cannot read the key file {missing}: No such file or directory (set by STREAMAPP_SECRET_FILE)"
+    ]
+    keys_file(tmp_path, KEY_A)
+    settings = load_settings(
+        write(tmp_path, service("0.0.0.0")), {"STREAMAPP_SECRET_FILE": str(tmp_path / "streamapp.keys")}
+    )
+    assert settings.service.keys is not None and settings.service.keys.signing == bytes.fromhex(KEY_A)
+
+
+def test_the_development_key_is_refused_off_loopback_wherever_it_is(tmp_path: Path) -> None:
+    path = keys_file(tmp_path, KEY_A, DEVELOPMENT_KEY.hex())
+    found = issues_of(write(tmp_path, service("10.0.0.5", f'secret_file = "{path}"')))
+    assert found == ["line 2: the documented development key only works on loopback (service.web_host is '10.0.0.5')"]
+
+
+def tokens_table(name: str, digest: str, scopes: str = '["send"]') -> str:
+    return f'[[tokens]]\nname = "{name}"\nsha256 = "{digest}"\nscopes = {scopes}\n'
+
+
+def test_tokens_file_adds_tokens_from_beside_the_config_or_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "tokens.toml").write_text(tokens_table("crm", "b" * 64) + tokens_table("shop", "c" * 64))
+    config = write(tmp_path, service("127.0.0.1", 'tokens_file = "tokens.toml"') + tokens_table("ops", SHA))
+    settings = load_settings(config, {})
+    assert [t.name for t in settings.tokens] == ["ops", "crm", "shop"]
+    assert settings.service.tokens_file == tmp_path / "tokens.toml"
+    other = tmp_path / "other.toml"
+    other.write_text(tokens_table("erp", "d" * 64))
+    assert [t.name for t in load_settings(config, {"STREAMAPP_TOKENS_FILE": str(other)}).tokens] == ["ops", "erp"]
+
+
+def test_tokens_file_errors_name_that_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_table("crm", "nothex", '["fly"]') + '[service]\nweb_host = "0.0.0.0"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, service("127.0.0.1", f'tokens_file = "{tokens}"')), {})
+    found = [str(i) for i in info.value.issues]
+    assert f"{tokens}: service: unknown table (a tokens file holds [[tokens]] only)" in found
+    assert any(f.startswith(f"{tokens}: tokens[0].scopes: unknown scope 'fly'") for f in found)
+    assert any(f.startswith(f"{tokens}: tokens[0].sha256: must be the 64 hex digits") for f in found)
+    assert len(found) == 3, found
+    missing = tmp_path / "missing.toml"
+    found = issues_of(write(tmp_path, "[service]\n"), {"STREAMAPP_TOKENS_FILE": str(missing)})
+    assert found == [
+        f"service.tokens_file: cannot read the tokens file {missing}: No such file or directory "
+        "(set by STREAMAPP_TOKENS_FILE)"
+    ]
+
+
+def test_a_development_token_smuggled_in_a_tokens_file_is_refused(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(dev_token())
+    keys = keys_file(tmp_path, KEY_A)
+    config = write(tmp_path, service("127.0.0.1", f'secret_file = "{keys}"', f'tokens_file = "{tokens}"'))
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, {"STREAMAPP_WEB_HOST": "0.0.0.0"})
+    assert [str(i) for i in info.value.issues] == [
+        f"{tokens}: tokens[0].sha256: the documented development token 'dev-token' only works on a loopback "
+        "web_host (service.web_host is '0.0.0.0', set by STREAMAPP_WEB_HOST)"
+    ]
+
+
+def test_token_names_and_digests_are_unique_across_files(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_table("crm", "c" * 64) + tokens_table("shop", SHA))
+    text = service("127.0.0.1", f'tokens_file = "{tokens}"') + tokens_table("crm", SHA) + tokens_table("crm", "b" * 64)
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), {})
+    config = tmp_path / "streamapp.toml"
+    assert [str(i) for i in info.value.issues] == [
+        f"{config}: tokens[1].name: token name 'crm' is already used by tokens[0]",
+        f"{tokens}: tokens[0].name: token name 'crm' is already used by tokens[0] in {config}",
+        f"{tokens}: tokens[1].sha256: the same token as tokens[0] in {config}: give each client a token of its own",
+    ]
+
+
+def test_smtp_credentials_need_starttls(tmp_path: Path) -> None:
+    smtp = '[smtp]\nhost = "relay"\nusername = "u"\npassword = "p"\n'
+    assert issues_of(write(tmp_path, smtp)) == [
+        "smtp.starttls: must be true when username/password are set: credentials are only sent over TLS"
+    ]
+    assert issues_of(write(tmp_path, smtp + "starttls = false\n"))[0].startswith("smtp.starttls: must be true")
+    settings = load_settings(write(tmp_path, smtp + "starttls = true\n"), {})
+    assert settings.smtp is not None and settings.smtp.starttls and settings.smtp.username == "u"
+    assert issues_of(write(tmp_path, '[smtp]\nusername = "u"\nstarttls = true\n')) == [
+        "smtp.password: required with smtp.username"
+    ]
+    assert (
+        load_settings(write(tmp_path, '[smtp]\nhost = "relay"\n'), {}).smtp is not None
+    )  # no credentials: no TLS needed

@@ -1,15 +1,20 @@
 """Every route of the API in one place (the shape of listmonk's cmd/handlers.go).
 
-A newcomer finds here which handler serves which path; the handlers live in
-`streamapp.http.routes`, one module per resource.
+Each handler is bound to its operation id; the method, the path, the scope, the body and the
+answers of that operation are declared once, in `streamapp.http.route_specs`, which both
+registers the aiohttp route here and generates the OpenAPI document (`routing.openapi_document`).
+The handlers live in `streamapp.http.routes`, one module per resource.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from streamapp.http.auth import Authenticator
 from streamapp.http.forwarding import OwnerRouter
+from streamapp.http.route_specs import api_routes
 from streamapp.http.routes.batches import BatchRoutes
 from streamapp.http.routes.health import HealthRoutes
 from streamapp.http.routes.messages import MessageRoutes
@@ -19,39 +24,50 @@ from streamapp.http.routes.unsubscribe import UnsubscribeRoutes
 from streamapp.runtime import StreamApp
 from streamapp.sending.engine import unsubscribe_secret
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def handlers(sa: StreamApp, owners: OwnerRouter) -> dict[str, Handler]:
+    """Operation id -> handler, for every route this worker serves."""
+    auth = Authenticator(sa.settings.tokens)
+    health = HealthRoutes(sa)
+    recipients = RecipientRoutes(sa, auth, owners)
+    bound: dict[str, Handler] = {
+        "healthz": health.healthz,
+        "metrics": health.metrics,
+        "openapi": health.openapi,
+        "listDatabases": recipients.list_databases,
+        "upsertRecipient": recipients.put_recipient,
+        "upsertRecipients": recipients.post_recipients,
+        "getRecipient": recipients.get_recipient,
+        "eraseRecipient": recipients.delete_recipient,
+        "addHistory": recipients.post_history,
+        "getHistory": recipients.get_history,
+    }
+    if sa.sending is None:
+        return bound
+    triggers = TriggerRoutes(sa, sa.sending, auth, owners)
+    batches = BatchRoutes(sa.settings, sa.batches, sa.sending, auth, owners)
+    messages = MessageRoutes(sa.settings, sa.sending, auth, owners)
+    unsubscribe = UnsubscribeRoutes(sa.publisher.publish, unsubscribe_secret(sa.settings))
+    bound |= {
+        "sendTriggerMessage": triggers.post_message,
+        "sendTriggerBatch": triggers.post_trigger_batch,
+        "sendCampaign": triggers.post_campaign_sends,
+        "getBatch": batches.get_batch,
+        "getMessage": messages.get_message,
+        "unsubscribePage": unsubscribe.confirm_page,
+        "unsubscribe": unsubscribe.unsubscribe,
+    }
+    return bound
+
 
 def register_routes(app: web.Application, sa: StreamApp, owners: OwnerRouter) -> None:
-    auth = Authenticator(sa.settings.tokens)
-    r = app.router
-
-    health = HealthRoutes(sa)
-    r.add_get("/healthz", health.healthz)
-    r.add_get("/metrics", health.metrics)
-    r.add_get("/api/v1/openapi.json", health.openapi)
-
-    recipients = RecipientRoutes(sa, auth, owners)
-    db = "/api/v1/databases"
-    r.add_get(db, recipients.list_databases)
-    r.add_put(db + "/{db}/recipients/{originalId}", recipients.put_recipient)
-    r.add_post(db + "/{db}/recipients", recipients.post_recipients)
-    r.add_get(db + "/{db}/recipients/{originalId}", recipients.get_recipient)
-    r.add_delete(db + "/{db}/recipients/{originalId}", recipients.delete_recipient)
-    r.add_post(db + "/{db}/history", recipients.post_history)
-    r.add_get(db + "/{db}/recipients/{originalId}/history", recipients.get_history)
-
-    if sa.sending is None:
-        return
-    triggers = TriggerRoutes(sa, sa.sending, auth, owners)
-    r.add_post("/api/v1/triggers/{trigger}/messages", triggers.post_message)
-    r.add_post("/api/v1/triggers/{trigger}/batches", triggers.post_trigger_batch)
-    r.add_post("/api/v1/campaigns/{campaign}/sends", triggers.post_campaign_sends)
-
-    batches = BatchRoutes(sa.settings, sa.batches, sa.sending, auth, owners)
-    r.add_get("/api/v1/batches/{batchId}", batches.get_batch)
-
-    messages = MessageRoutes(sa.settings, sa.sending, auth, owners)
-    r.add_get("/api/v1/messages/{messageId}", messages.get_message)
-
-    unsubscribe = UnsubscribeRoutes(sa.publisher.publish, unsubscribe_secret(sa.settings))
-    r.add_get("/u/{token}", unsubscribe.confirm_page)
-    r.add_post("/u/{token}", unsubscribe.unsubscribe)
+    """Register each documented route with its handler; a route without one (or the reverse) is a bug."""
+    bound = handlers(sa, owners)
+    routes = api_routes(sa.settings)
+    documented = {route.operation_id for route in routes}
+    if documented != set(bound):
+        raise RuntimeError(f"routes and handlers differ: {sorted(documented ^ set(bound))}")
+    for route in routes:
+        app.router.add_route(route.method, route.path, bound[route.operation_id])

@@ -80,7 +80,9 @@ def _monitor() -> PrometheusMonitor:
 
 
 def new_faust_app(settings: Settings) -> faust.App:
-    app = faust.App(settings.service.id, **faust_settings(settings))
+    # env={}: Faust reads ~80 settings from the environment and lets them win over these (so
+    # APP_WEB_ENABLED=true would start its web server with its table and router routes).
+    app = faust.App(settings.service.id, env={}, **faust_settings(settings))
     transport.install(app)
     app.monitor = _monitor()
     return app

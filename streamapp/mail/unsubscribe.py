@@ -1,16 +1,19 @@
-"""Unsubscribe tokens: who and which message, signed so a link cannot be forged or altered.
+"""Unsubscribe tokens: who, which message and when, signed so a link cannot be forged or altered.
 
 A token is the URL-safe base64 (no padding) of
 
-    version (1 byte) | len+database | len+originalId | len+messageId | HMAC-SHA256[:16]
+    version (1 byte) | issued (4 bytes) | len+database | len+originalId | len+messageId | HMAC-SHA256[:16]
 
-with 2-byte big-endian lengths. 128 bits of MAC are plenty against forgery and keep the link
-short (~90 characters). The MAC covers the version byte, and a token must be the canonical
-encoding of its bytes, so flipping any character of a valid token invalidates it.
+with `issued` in Unix seconds and 2-byte lengths, all big-endian. 128 bits of MAC are plenty
+against forgery and keep the link short (~95 characters). The MAC covers the version byte and
+the issue time, and a token must be the canonical encoding of its bytes, so flipping any
+character of a valid token invalidates it. A token is valid for TOKEN_LIFETIME after it was
+issued (SPEC §6): an old link is a 404, like a forged one.
 
-The secret must be the same on every worker of a deployment: any worker may serve `/u/{token}`
-for a link another worker sent. `load_or_create_secret` is for a path all workers share (or a
-single-worker deployment); otherwise put the same secret file on each worker.
+The keys are the deployment's `KeyRing` (`[service] secret_file`, SPEC §13), the same on
+every worker, since any worker may serve `/u/{token}` for a link another worker sent: the
+first key signs, every key verifies, so links sent before a rotation keep working. Tokens of
+format 1 (no issue time, signed with a per-worker key) are no longer accepted.
 """
 
 from __future__ import annotations
@@ -24,13 +27,22 @@ import re
 import secrets
 import struct
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-VERSION = 1
+from streamapp.settings import KeyRing, Settings
+
+VERSION = 2
 MAC_BYTES = 16
 SECRET_BYTES = 32
+#: How long an unsubscribe link works after its message was built (SPEC §6).
+TOKEN_LIFETIME = timedelta(days=90)
+#: A token issued this far in the future (a signer's clock ahead of ours) is still accepted.
+CLOCK_SKEW = timedelta(days=1)
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,4096}")
 _LEN = struct.Struct(">H")
+_ISSUED = struct.Struct(">I")
+_HEADER = 1 + _ISSUED.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +52,49 @@ class UnsubscribeTarget:
     message_id: str
 
 
-def make_token(secret: bytes, database: str, original_id: str, message_id: str) -> str:
+def make_token(
+    signing_key: bytes, database: str, original_id: str, message_id: str, *, issued_at: datetime | None = None
+) -> str:
     """The token for one recipient and message, to put in `<public_url>/u/<token>`."""
-    payload = bytes([VERSION]) + b"".join(_field(v) for v in (database, original_id, message_id))
-    return _b64(payload + _mac(secret, payload))
+    issued = int((issued_at or datetime.now(UTC)).timestamp())
+    header = bytes([VERSION]) + _ISSUED.pack(issued)
+    payload = header + b"".join(_field(v) for v in (database, original_id, message_id))
+    return _b64(payload + _mac(signing_key, payload))
 
 
-def read_token(secret: bytes, token: str) -> UnsubscribeTarget | None:
-    """The target of a genuine token; None for anything forged, altered, truncated or malformed."""
+def read_token(keys: KeyRing, token: str, *, now: datetime | None = None) -> UnsubscribeTarget | None:
+    """The target of a genuine, unexpired token; None for anything forged, altered, truncated, old or malformed."""
     raw = _unb64(token)
-    if raw is None or len(raw) < 1 + MAC_BYTES or raw[0] != VERSION:
+    if raw is None or len(raw) < _HEADER + MAC_BYTES or raw[0] != VERSION:
         return None
     payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-    if not hmac.compare_digest(mac, _mac(secret, payload)):
+    if not _verifies(keys, payload, mac) or not _fresh(payload, now or datetime.now(UTC)):
         return None
-    fields = _fields(payload[1:])
+    fields = _fields(payload[_HEADER:])
     return UnsubscribeTarget(*fields) if fields is not None and len(fields) == 3 else None
+
+
+def unsubscribe_keys(settings: Settings) -> KeyRing:
+    """The deployment's keys; without `[service] secret_file`, `<data_dir>/unsubscribe.key`.
+
+    Settings refuse a worker off loopback without secret_file, so the per-data-dir key is
+    development's only: one worker, or links that only the worker that sent them accepts.
+    """
+    if settings.service.keys is not None:
+        return settings.service.keys
+    return KeyRing.of([load_or_create_secret(settings.service.data_dir / "unsubscribe.key")])
+
+
+def _verifies(keys: KeyRing, payload: bytes, mac: bytes) -> bool:
+    """Whether any key made `mac`; every key is tried, so the time taken does not say which one."""
+    matches = [hmac.compare_digest(mac, _mac(key, payload)) for key in keys.verifying]
+    return any(matches)
+
+
+def _fresh(payload: bytes, now: datetime) -> bool:
+    (issued,) = _ISSUED.unpack_from(payload, 1)
+    age = now - datetime.fromtimestamp(issued, UTC)
+    return -CLOCK_SKEW <= age <= TOKEN_LIFETIME
 
 
 def load_or_create_secret(path: Path) -> bytes:

@@ -28,12 +28,12 @@ from streamapp.kafka.topics import bootstrap_servers, messages_topic
 from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.smtp import SmtpPool
 from streamapp.mail.templates import TemplateStore
-from streamapp.mail.unsubscribe import load_or_create_secret
+from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.sending.dispatcher import Dispatcher
 from streamapp.sending.ledger import Ledger
 from streamapp.sending.pipeline import Job, Pipeline
 from streamapp.sending.schedule import Schedule
-from streamapp.settings import Settings
+from streamapp.settings import KeyRing, Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ def template_names(settings: Settings) -> set[str]:
     return {t.template for t in settings.triggers.values()} | {c.template for c in settings.campaigns.values()}
 
 
-def unsubscribe_secret(settings: Settings) -> bytes:
-    """Shared by every worker of a deployment (docs/sending.md): `<data_dir>/unsubscribe.key`."""
-    return load_or_create_secret(settings.service.data_dir / "unsubscribe.key")
+def unsubscribe_secret(settings: Settings) -> KeyRing:
+    """Shared by every worker of a deployment (docs/sending.md): `[service] secret_file`."""
+    return unsubscribe_keys(settings)
 
 
 @dataclass(frozen=True, slots=True)

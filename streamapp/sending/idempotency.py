@@ -1,11 +1,12 @@
 """Idempotency keys of single trigger messages: one message per key for 24 hours.
 
-A key is scoped to its token and trigger and lives in one partition of the `idempotency` table
-(murmur2 of the scoped key). The API forwards a keyed request to the worker owning that
-partition, which checks and records the key under a lock of its own: two concurrent requests
-with one key give one message. The record is written durably *before* the message is published
-and marked published after: a retry after a crash in between publishes the same message id
-again (the ledger makes that harmless), so nothing accepted is lost and nothing is sent twice.
+A key is scoped to its token (by the token's digest) and trigger and lives in one partition of
+the `idempotency` table (murmur2 of the scoped key). The API forwards a keyed request to the
+worker owning that partition, which checks and records the key under a lock of its own: two
+concurrent requests with one key give one message. The record is written durably *before* the
+message is published and marked published after: a retry after a crash in between publishes the
+same message id again (the ledger makes that harmless), so nothing accepted is lost and nothing
+is sent twice.
 
 One window remains: a partition that moves to another worker between the ownership check and
 the record's write. The new owner may then not see the record, and a retry in that moment gets a
@@ -28,8 +29,14 @@ from streamapp.kafka.store import Store
 KEY_LIFETIME = timedelta(hours=24)
 
 
-def scoped_key(token: str, trigger: str, key: str) -> bytes:
-    return f"{token}\x1f{trigger}\x1f{key}".encode()
+def scoped_key(token_sha256: str, trigger: str, key: str) -> bytes:
+    """The table key of a client's idempotency key: `token_sha256` is `TokenSettings.sha256`.
+
+    The digest, not the token's name, tells clients apart: a name is only a label, and a
+    client whose token was replaced (same name, new digest) must not get the old client's
+    messages (or a 409 for its keys).
+    """
+    return f"{token_sha256}\x1f{trigger}\x1f{key}".encode()
 
 
 class IdempotencyKeys:

@@ -42,7 +42,7 @@ from streamapp.mail.templates import RenderError, TemplateStore
 from streamapp.mail.unsubscribe import make_token
 from streamapp.sending import retry
 from streamapp.sending.ledger import Ledger
-from streamapp.settings import SmtpSettings
+from streamapp.settings import KeyRing, SmtpSettings
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Pipeline:
         builder: MimeBuilder,
         send: Send,
         publish: Publish,
-        secret: bytes,
+        secret: KeyRing,
         schedule: Callable[[MessageState, int], None],
     ) -> None:
         self.smtp = smtp
@@ -164,7 +164,7 @@ class Pipeline:
             attributes = {k: v for k, v in {**attributes, **command.attributes}.items() if v is not None}
         view = {"originalId": recipient.originalId, "email": address, "attributes": attributes}
         rendered = self.templates.render(command.template, view, command.properties, history)
-        token = make_token(self.secret, command.database, command.originalId, command.messageId)
+        token = make_token(self.secret.signing, command.database, command.originalId, command.messageId)
         return self.builder.build(
             message_id=command.messageId,
             to=address,

@@ -8,7 +8,7 @@ workers, Mailpit as their SMTP relay, rule files that resolve inside the
 Prometheus container, healthchecks. The production configuration
 (config/production.toml) has the development configuration's databases,
 imports, triggers and campaigns and none of its tokens, and passes
-`streamapp check-config` through the image's entrypoint with mounted secrets.
+`streamapp check-config` as the image runs it, with mounted secrets.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import jsonschema
 import pytest
 import yaml
 
+from streamapp.settings import load_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = ROOT / "deploy" / "compose" / "compose-spec.json"
-ENTRYPOINT = ROOT / "deploy" / "compose" / "entrypoint.sh"
 INIT_SECRETS = ROOT / "deploy" / "compose" / "init-secrets.sh"
 DEV_CONFIG = ROOT / "config" / "streamapp.toml"
 PRODUCTION_CONFIG = ROOT / "config" / "production.toml"
@@ -183,12 +184,12 @@ def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
 # -- the image ------------------------------------------------------------------
 
 
-def test_image_runs_the_production_configuration_through_the_entrypoint() -> None:
+def test_image_runs_the_production_configuration() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "STREAMAPP_CONFIG=/app/config/production.toml" in dockerfile
-    assert 'ENTRYPOINT ["tini", "--", "streamapp-entrypoint"]' in dockerfile
+    assert 'ENTRYPOINT ["tini", "--", "streamapp"]' in dockerfile
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-    for pattern in ("config/streamapp.toml", "secrets", "deploy", "!deploy/compose/entrypoint.sh"):
+    for pattern in ("config/streamapp.toml", "config/secrets", "secrets", "deploy"):
         assert pattern in ignored, f".dockerignore lacks {pattern}"
 
 
@@ -210,52 +211,62 @@ def test_production_configuration_has_no_tokens_and_the_dev_schemas() -> None:
     assert production["service"]["public_url"].startswith("https://")
 
 
-def _entrypoint(tmp_path: Path, config: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _image_streamapp(tmp_path: Path, config: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`streamapp ARGS` in the image's environment (the Dockerfile's ENV; compose adds the secrets)."""
     environ = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         "HOME": str(tmp_path),
         "STREAMAPP_CONFIG": str(config),
         "STREAMAPP_DATA_DIR": str(tmp_path / "data"),
-        "STREAMAPP_RUN_DIR": str(tmp_path / "run"),
         "STREAMAPP_WEB_HOST": "0.0.0.0",
         **env,
     }
-    return subprocess.run(
-        ["sh", str(ENTRYPOINT), *args], cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run(["streamapp", *args], cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60)
 
 
-def test_entrypoint_adds_the_mounted_tokens_and_shared_key(tmp_path: Path) -> None:
+def _init_secrets(tmp_path: Path) -> tuple[Path, str]:
     secrets = tmp_path / "secrets"
     made = subprocess.run(["sh", str(INIT_SECRETS), str(secrets)], capture_output=True, text=True, timeout=30)
     assert made.returncode == 0, made.stderr
-    token = made.stdout.strip().splitlines()[-1].strip()
+    return secrets, made.stdout.strip().splitlines()[-1].strip()
+
+
+def test_the_image_reads_the_mounted_tokens_and_shared_keys(tmp_path: Path) -> None:
+    secrets, token = _init_secrets(tmp_path)
     tokens = _toml(secrets / "tokens.toml")["tokens"]
     assert [t["sha256"] for t in tokens] == [hashlib.sha256(token.encode()).hexdigest()]
     again = subprocess.run(["sh", str(INIT_SECRETS), str(secrets)], capture_output=True, text=True, timeout=30)
     assert again.returncode == 0 and again.stdout == "", "a second run changes nothing"
 
-    done = _entrypoint(
-        tmp_path,
-        PRODUCTION_CONFIG,
-        "check-config",
-        STREAMAPP_TOKENS_FILE=str(secrets / "tokens.toml"),
-        STREAMAPP_SECRET_FILE=str(secrets / "streamapp.keys"),
-        STREAMAPP_SMTP="mailpit:1025",
-    )
+    env = {
+        "STREAMAPP_TOKENS_FILE": str(secrets / "tokens.toml"),
+        "STREAMAPP_SECRET_FILE": str(secrets / "streamapp.keys"),
+        "STREAMAPP_SMTP": "mailpit:1025",
+    }
+    done = _image_streamapp(tmp_path, PRODUCTION_CONFIG, "check-config", **env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK (1 database(s), 1 token(s), 2 import(s), 2 trigger(s), 1 campaign(s))" in done.stdout, done.stdout
-    key = tmp_path / "data" / "unsubscribe.key"
-    assert key.is_symlink() and key.read_bytes() == (secrets / "streamapp.keys").read_bytes()
+    settings = load_settings(PRODUCTION_CONFIG, {**env, "STREAMAPP_DATA_DIR": str(tmp_path / "data")})
+    assert settings.service.keys is not None
+    assert settings.service.keys.signing == bytes.fromhex((secrets / "streamapp.keys").read_text().strip())
+    assert not (tmp_path / "data").exists(), "no per-worker key is created"
 
 
-def test_entrypoint_refuses_development_tokens_off_loopback(tmp_path: Path) -> None:
-    refused = _entrypoint(tmp_path, DEV_CONFIG, "check-config")
-    assert refused.returncode == 78, refused.stdout + refused.stderr
-    assert "development token" in refused.stderr
+def test_the_image_refuses_development_secrets_off_loopback(tmp_path: Path) -> None:
+    secrets, _ = _init_secrets(tmp_path)
+    keys = {"STREAMAPP_SECRET_FILE": str(secrets / "streamapp.keys")}
+    refused = _image_streamapp(tmp_path, DEV_CONFIG, "check-config")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "tokens[0].sha256: the documented development token 'dev-token' only works on a loopback" in refused.stderr
+    assert "dev.keys: line " in refused.stderr and "development key" in refused.stderr
     dev_tokens = tmp_path / "tokens.toml"
     dev_tokens.write_text(f'[[tokens]]\nname = "dev"\nsha256 = "{min(DEV_DIGESTS)}"\nscopes = ["admin"]\n')
-    smuggled = _entrypoint(tmp_path, PRODUCTION_CONFIG, "check-config", STREAMAPP_TOKENS_FILE=str(dev_tokens))
-    assert smuggled.returncode == 78, smuggled.stdout + smuggled.stderr
-    loopback = _entrypoint(tmp_path, DEV_CONFIG, "check-config", STREAMAPP_WEB_HOST="127.0.0.1")
+    smuggled = _image_streamapp(
+        tmp_path, PRODUCTION_CONFIG, "check-config", STREAMAPP_TOKENS_FILE=str(dev_tokens), **keys
+    )
+    assert smuggled.returncode == 1, smuggled.stdout + smuggled.stderr
+    assert f"{dev_tokens}: tokens[0].sha256: the documented development token" in smuggled.stderr
+    keyless = _image_streamapp(tmp_path, PRODUCTION_CONFIG, "check-config")
+    assert keyless.returncode == 1 and "service.secret_file: required" in keyless.stderr, keyless.stderr
+    loopback = _image_streamapp(tmp_path, DEV_CONFIG, "check-config", STREAMAPP_WEB_HOST="127.0.0.1")
     assert loopback.returncode == 0, loopback.stdout + loopback.stderr

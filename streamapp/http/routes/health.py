@@ -7,16 +7,17 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streamapp import metrics
+from streamapp import __version__, metrics
 from streamapp.http.errors import json_response
-from streamapp.http.openapi import openapi_document
+from streamapp.http.route_specs import api_routes
+from streamapp.http.routing import openapi_document
 from streamapp.runtime import StreamApp
 
 
 class HealthRoutes:
     def __init__(self, sa: StreamApp) -> None:
         self.sa = sa
-        self.document: dict[str, Any] = openapi_document(sa.settings)
+        self.document: dict[str, Any] = openapi_document(api_routes(sa.settings), sa.settings, __version__)
 
     async def healthz(self, request: web.Request) -> web.Response:
         ready = self.sa.is_ready()

@@ -95,7 +95,7 @@ class TriggerRoutes:
             upsert, message = build_commands(single, trigger, self.settings.service.partitions, clock.now_iso())
             await self._publish(upsert, message)
             return json_response({"messageId": message.messageId}, status=202)
-        key = scoped_key(token.name, trigger.name, single.idempotency_key)
+        key = scoped_key(token.sha256, trigger.name, single.idempotency_key)
         partition = self.keys.partition(key)
         return await self.owners.serve_body(
             request, IDEMPOTENCY, partition, data, lambda: self._idempotent(key, single, trigger)

@@ -17,6 +17,7 @@ from aiohttp import web
 from streamapp.core import clock
 from streamapp.core.models import RecipientCommand, UpsertRecipient
 from streamapp.mail.unsubscribe import UnsubscribeTarget, read_token
+from streamapp.settings import KeyRing
 
 Publish = Callable[[list[RecipientCommand]], Awaitable[None]]
 
@@ -36,7 +37,7 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
 
 
 class UnsubscribeRoutes:
-    def __init__(self, publish: Publish, secret: bytes) -> None:
+    def __init__(self, publish: Publish, secret: KeyRing) -> None:
         self.publish = publish
         self.secret = secret
 
