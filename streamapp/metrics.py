@@ -67,3 +67,8 @@ COMMAND_RECORDS_SKIPPED = Counter(
     "streamapp_command_records_skipped",
     "Recipient-command records whose offsets the agent never saw (a jump in a partition's offsets)",
 )
+EVENT_LOOP_LAG = Histogram(
+    "streamapp_event_loop_lag_seconds",
+    "How late the event loop ran a timer (streamapp.http.loop_lag): time blocked by one request or task",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

@@ -2,6 +2,10 @@
 
 Faust's own web server is disabled (its built-in routes expose tables and
 the router); this one serves only the routes of SPEC §4.
+
+Request bodies are never inflated: aiohttp's decompression is off (`auto_decompress=False`: it
+would inflate in its payload parser as the bytes arrive, before any handler runs), and a body
+with a Content-Encoding is answered 415 from the header (`refuse_encoded`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from mode import Service
 
 from streamapp import metrics
 from streamapp.core.validation import InvalidInput
+from streamapp.http.bodies import refuse_content_encoding
 from streamapp.http.errors import ApiError, json_response, unprocessable
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.http.handlers import register_routes
+from streamapp.http.loop_lag import probe_loop_lag
 from streamapp.kafka.ownership import Ownership
 from streamapp.runtime import StreamApp
 
@@ -56,19 +62,31 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+@web.middleware
+async def refuse_encoded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """415 for a body with a Content-Encoding (SPEC §4), before the handler reads a byte of it.
+
+    Inside `observe`, so the answer has the JSON shape and is counted; an unknown route or method
+    keeps its 404 or 405.
+    """
+    if request.match_info.http_exception is None:
+        refuse_content_encoding(request)
+    return await handler(request)
+
+
 def owner_router(sa: StreamApp) -> OwnerRouter:
     service = sa.settings.service
     return OwnerRouter(Ownership(sa.kafka, service.advertised_url), service.partitions)
 
 
 def build_web_app(sa: StreamApp, owners: OwnerRouter) -> web.Application:
-    app = web.Application(middlewares=[observe], client_max_size=sa.settings.service.max_body_bytes + 1)
+    app = web.Application(middlewares=[observe, refuse_encoded], client_max_size=sa.settings.service.max_body_bytes + 1)
     register_routes(app, sa, owners)
     return app
 
 
 class ApiServer(Service):  # type: ignore[misc]
-    """Runs the aiohttp app for as long as the worker runs."""
+    """Runs the aiohttp app, and the event-loop lag probe, for as long as the worker runs."""
 
     def __init__(self, sa: StreamApp, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -76,10 +94,11 @@ class ApiServer(Service):  # type: ignore[misc]
         self.owners = OwnerRouter(
             Ownership(sa.kafka, sa.settings.service.advertised_url), sa.settings.service.partitions
         )
-        self.runner = web.AppRunner(build_web_app(sa, self.owners), access_log=None)
+        self.runner = web.AppRunner(build_web_app(sa, self.owners), access_log=None, auto_decompress=False)
 
     async def on_start(self) -> None:
         service = self.sa.settings.service
+        self.add_future(probe_loop_lag())
         await self.runner.setup()
         site = web.TCPSite(self.runner, service.web_host, service.web_port, reuse_address=True)
         await site.start()

@@ -18,8 +18,8 @@ from streamapp.core.keys import recipient_key
 from streamapp.core.models import DeleteRecipient, RecipientCommand, decode_history, decode_recipient
 from streamapp.core.validation import FieldError, check_original_id, parse_history, parse_recipient
 from streamapp.http.auth import Authenticator, require_database
-from streamapp.http.bodies import parse_items, parse_json, read_limited
-from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
+from streamapp.http.bodies import BatchRejected, read_batch, read_json
+from streamapp.http.errors import json_response, not_found, unprocessable
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.runtime import StreamApp
 from streamapp.settings import DatabaseSettings
@@ -60,26 +60,16 @@ class RecipientRoutes:
         await self.sa.publisher.publish(commands)
         metrics.INGEST_ROWS.labels(database=db.name, source=source, outcome="accepted").inc(len(commands))
 
-    async def _items(self, request: web.Request) -> list[Any]:
-        data = await read_limited(request, self.settings.service.max_body_bytes)
-        items = parse_items(data, request.content_type)
-        if len(items) > MAX_BATCH:
-            raise ApiError(413, f"{len(items)} items exceed the limit of {MAX_BATCH} per request")
-        return items
-
-    async def _accept_all(self, db: DatabaseSettings, items: list[Any], parse: ParseItem, what: str) -> web.Response:
-        """A batch body is all or nothing: 422 listing every bad field, else publish and 202."""
-        commands: list[RecipientCommand] = []
-        errors: list[FieldError] = []
-        for index, item in enumerate(items):
-            command, item_errors = parse(item, f"/{index}")
-            if command is None:
-                errors += item_errors
-            else:
-                commands.append(command)
-        if errors:
-            metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc(len(items))
-            raise unprocessable(errors, f"invalid {what}: nothing was accepted")
+    async def _accept_all(
+        self, request: web.Request, db: DatabaseSettings, parse: ParseItem, what: str
+    ) -> web.Response:
+        """A batch body is all or nothing: 422 naming the bad fields (reading stops at the 1,000th), else 202."""
+        limit = self.settings.service.max_body_bytes
+        try:
+            commands: list[RecipientCommand] = await read_batch(request, limit, parse, what=what, max_items=MAX_BATCH)
+        except BatchRejected as exc:
+            metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc(exc.items)
+            raise
         await self._publish(db, commands, "api")
         return json_response({"accepted": len(commands)}, status=202)
 
@@ -101,7 +91,7 @@ class RecipientRoutes:
     async def put_recipient(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")
         original_id = self._original_id(request)
-        body = parse_json(await read_limited(request, self.settings.service.max_body_bytes))
+        body = await read_json(request, self.settings.service.max_body_bytes)
         command, errors = parse_recipient(
             db, body, at=clock.now_iso(), zone=self.settings.service.zone, original_id=original_id
         )
@@ -118,7 +108,7 @@ class RecipientRoutes:
         def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
             return parse_recipient(db, item, at=at, zone=zone, path=path, allow_status=False)
 
-        return await self._accept_all(db, await self._items(request), parse, "recipients")
+        return await self._accept_all(request, db, parse, "recipients")
 
     async def get_recipient(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:read")
@@ -146,7 +136,7 @@ class RecipientRoutes:
         def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
             return parse_history(db, item, types=types, at=at, zone=zone, path=path)
 
-        return await self._accept_all(db, await self._items(request), parse, "history records")
+        return await self._accept_all(request, db, parse, "history records")
 
     async def get_history(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:read")
