@@ -1,7 +1,8 @@
 """Routes for databases, recipients and history (SPEC §4).
 
-Writes are validated against the database schema, published to Kafka and
-answered 202 once Kafka acknowledged them; the agent applies them in order.
+Writes are validated by the request models of streamapp.http.schemas (the ones the OpenAPI
+document is generated from) with the database's checks bound, published to Kafka and answered
+202 once Kafka acknowledged them; the agent applies them in order.
 Reads go to the worker that owns the recipient's partition.
 """
 
@@ -16,11 +17,21 @@ from streamapp import metrics
 from streamapp.core import clock
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import DeleteRecipient, RecipientCommand, decode_history, decode_recipient
-from streamapp.core.validation import FieldError, check_original_id, parse_history, parse_recipient
+from streamapp.core.validation import FieldError, check_original_id
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.bodies import BatchRejected, read_batch, read_json
 from streamapp.http.errors import json_response, not_found, unprocessable
 from streamapp.http.forwarding import OwnerRouter
+from streamapp.http.schemas import (
+    HistoryRecordIn,
+    RecipientBatchItem,
+    RecipientUpdate,
+    batch_upsert,
+    database_checks,
+    history_append,
+    recipient_upsert,
+)
+from streamapp.http.validate import validate
 from streamapp.runtime import StreamApp
 from streamapp.settings import DatabaseSettings
 from streamapp.tables.recipients import HISTORY, RECIPIENTS
@@ -37,6 +48,8 @@ class RecipientRoutes:
         self.settings = sa.settings
         self.auth = auth
         self.owners = owners
+        #: The configuration-dependent checks the request models name, bound per database once.
+        self.checks = database_checks(sa.settings)
 
     # -- helpers -----------------------------------------------------------
 
@@ -92,21 +105,20 @@ class RecipientRoutes:
         db = self._database(request, "recipients:write")
         original_id = self._original_id(request)
         body = await read_json(request, self.settings.service.max_body_bytes)
-        command, errors = parse_recipient(
-            db, body, at=clock.now_iso(), zone=self.settings.service.zone, original_id=original_id
-        )
-        if command is None:
+        checked = validate(body, RecipientUpdate, checks=self.checks[db.name])
+        if checked.value is None:
             metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc()
-            raise unprocessable(errors)
-        await self._publish(db, [command], "api")
+            raise unprocessable(checked.errors)
+        await self._publish(db, [recipient_upsert(checked.value, db.name, original_id, clock.now_iso())], "api")
         return json_response({"originalId": original_id, "accepted": 1}, status=202)
 
     async def post_recipients(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")
-        at, zone = clock.now_iso(), self.settings.service.zone
+        at, checks = clock.now_iso(), self.checks[db.name]
 
         def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
-            return parse_recipient(db, item, at=at, zone=zone, path=path, allow_status=False)
+            checked = validate(item, RecipientBatchItem, checks=checks, path=path)
+            return (None, checked.errors) if checked.value is None else (batch_upsert(checked.value, db.name, at), [])
 
         return await self._accept_all(request, db, parse, "recipients")
 
@@ -131,10 +143,11 @@ class RecipientRoutes:
 
     async def post_history(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:write")
-        at, zone, types = clock.now_iso(), self.settings.service.zone, self.settings.history_types
+        at, checks = clock.now_iso(), self.checks[db.name]
 
         def parse(item: Any, path: str) -> tuple[RecipientCommand | None, list[FieldError]]:
-            return parse_history(db, item, types=types, at=at, zone=zone, path=path)
+            checked = validate(item, HistoryRecordIn, checks=checks, path=path)
+            return (None, checked.errors) if checked.value is None else history_append(checked.value, db.name, at, path)
 
         return await self._accept_all(request, db, parse, "history records")
 

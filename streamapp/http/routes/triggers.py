@@ -30,6 +30,8 @@ from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.bodies import NDJSON_TYPES, chunks_within, parse_json, read_limited
 from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
 from streamapp.http.forwarding import OwnerRouter
+from streamapp.http.schemas import TriggerMessage, database_checks
+from streamapp.http.validate import validate
 from streamapp.kafka.publisher import faust_send
 from streamapp.runtime import Sending, StreamApp
 from streamapp.sending.batch_rows import Format, read_rows
@@ -65,6 +67,7 @@ class TriggerRoutes:
         self.auth = auth
         self.owners = owners
         self.keys = IdempotencyKeys(sending.idempotency, sa.settings.service.partitions)
+        self.checks = database_checks(sa.settings)
         self.spool = sa.settings.service.data_dir / "spool"
 
     async def _clear_spool(self, app: web.Application) -> None:
@@ -90,7 +93,11 @@ class TriggerRoutes:
         token, trigger = self._configured(request, "trigger", self.settings.triggers)
         data = await read_limited(request, self.settings.service.max_body_bytes)
         db = self.settings.databases[trigger.database]
-        single = parse_single(parse_json(data), db, self.settings.service.zone, request.headers.get("Idempotency-Key"))
+        body = parse_json(data)
+        checked = validate(body, TriggerMessage, checks=self.checks[db.name])  # the model the OpenAPI shows
+        if checked.value is None:
+            raise unprocessable(checked.errors)
+        single = parse_single(body, db, self.settings.service.zone, request.headers.get("Idempotency-Key"))
         if single.idempotency_key is None:
             upsert, message = build_commands(single, trigger, self.settings.service.partitions, clock.now_iso())
             await self._publish(upsert, message)
