@@ -74,7 +74,7 @@ RUN groupadd --system --gid "${STREAMAPP_UID}" streamapp \
         --home-dir /var/lib/streamapp --no-create-home \
         --shell /usr/sbin/nologin streamapp \
     && install -d -o streamapp -g streamapp -m 0750 /var/lib/streamapp \
-    && install -d -o streamapp -g streamapp -m 0770 /var/lib/streamapp/drop
+    && install -d -o streamapp -g streamapp -m 0770 /srv/streamapp /srv/streamapp/drop
 
 COPY --from=builder /opt/venv /opt/venv
 # The production configuration and the templates (read-only for the worker);
@@ -95,10 +95,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     STREAMAPP_WEB_HOST=0.0.0.0 \
     STREAMAPP_WEB_PORT=6066
 
-# state/ (RocksDB), drop/, processed/, rejected/, outbox/. One volume per
-# worker: never share it between two running workers. drop/ exists (owned by
-# the worker) so that a volume mounted there to share it between workers
-# starts with the right owner.
+# state/ (RocksDB), processed/, rejected/, outbox/. One volume per worker:
+# never share it between two running workers. /srv/streamapp (drop/ and the
+# claims beside it, config/production.toml drop_dir) exists owned by the
+# worker so that the volume shared by every worker starts with the right owner.
 VOLUME ["/var/lib/streamapp"]
 
 # Numeric, so that Kubernetes runAsNonRoot can verify it.

@@ -122,7 +122,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"error: {path} is not a file", file=sys.stderr)
         return 2
-    layout = DropLayout(settings.service.data_dir, "cli")
+    layout = DropLayout.of(settings, worker="cli")
     layout.create([])
     claim = layout.claim(path, imp.name, clock.now_iso(), copy=True)
     assert claim is not None

@@ -121,6 +121,11 @@ class ServiceSettings:
     secret_file: Path | None = None
     #: None only on a loopback web_host without secret_file: development's per-data-dir key.
     keys: KeyRing | None = None
+    #: Where upstream systems drop files (`drop_dir`, default <data_dir>/drop); may be shared by every worker.
+    drop_dir: Path | None = None
+    #: Claims, in-flight files, locks, duplicate markers (`claims_dir`, default <drop_dir>/../.streamapp-claims):
+    #: outside drop_dir, never reachable by uploaders, on its file system so a claim is one rename (SPEC §13).
+    claims_dir: Path | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -372,10 +377,14 @@ def _read_service(r: _Reader, data: Any, base: Path) -> ServiceSettings:
         reachable_host = socket.gethostname() if web_host in ("0.0.0.0", "::", "") else web_host
         default_url = f"http://{reachable_host}:{web_port}"
         secret_file = _path(base, t.get("secret_file", str, None, _non_empty))
+        data_dir = (base / t.get("data_dir", str, "../var")).resolve()
+        drop_dir = _path(base, t.get("drop_dir", str, None, _non_empty)) or data_dir / "drop"
+        claims_dir = _path(base, t.get("claims_dir", str, None, _non_empty)) or _default_claims_dir(drop_dir)
+        _check_claims_dir(r, t.at("claims_dir"), drop_dir, claims_dir)
         return ServiceSettings(
             id=t.get("id", str, "streamapp", _name_check),
             broker=t.get("broker", str, "kafka://127.0.0.1:9092", _broker),
-            data_dir=(base / t.get("data_dir", str, "../var")).resolve(),
+            data_dir=data_dir,
             web_host=web_host,
             web_port=web_port,
             partitions=t.get("partitions", int, 8, _positive),
@@ -388,7 +397,33 @@ def _read_service(r: _Reader, data: Any, base: Path) -> ServiceSettings:
             tokens_file=_path(base, t.get("tokens_file", str, None, _non_empty)),
             secret_file=secret_file,
             keys=_read_key_ring(r, secret_file, t.at("secret_file"), web_host),
+            drop_dir=drop_dir,
+            claims_dir=claims_dir,
         )
+
+
+def _default_claims_dir(drop_dir: Path) -> Path:
+    """`<drop_dir>/../.streamapp-claims`, `..` taken as the kernel does (after resolving a linked drop_dir)."""
+    return (drop_dir / "..").resolve() / ".streamapp-claims"
+
+
+def _check_claims_dir(r: _Reader, place: str, drop_dir: Path, claims_dir: Path) -> None:
+    """SPEC §13: uploaders never reach the claims, and a claim is an atomic rename out of drop_dir."""
+    drop, claims = drop_dir.resolve(), claims_dir.resolve()
+    if claims.is_relative_to(drop):
+        r.error(place, f"{claims} is inside drop_dir {drop}: whoever can upload files could write claims")
+    elif _device(drop) != _device(claims):
+        r.error(place, f"{claims} is not on the file system of drop_dir {drop}: a claim is a rename between them")
+
+
+def _device(path: Path) -> int:
+    """st_dev of `path`, or of its nearest existing parent (the folders may not exist before the first start)."""
+    for candidate in (path, *path.parents):
+        try:
+            return os.stat(candidate).st_dev
+        except FileNotFoundError:
+            continue
+    return -1
 
 
 def _path(base: Path, value: str | None) -> Path | None:
@@ -822,6 +857,8 @@ def _apply_environment(r: _Reader, raw: dict[str, Any], environ: Mapping[str, st
     for var, key in (
         ("STREAMAPP_BROKER", "broker"),
         ("STREAMAPP_DATA_DIR", "data_dir"),
+        ("STREAMAPP_DROP_DIR", "drop_dir"),
+        ("STREAMAPP_CLAIMS_DIR", "claims_dir"),
         ("STREAMAPP_WEB_HOST", "web_host"),
         ("STREAMAPP_ADVERTISED_URL", "advertised_url"),
         ("STREAMAPP_PUBLIC_URL", "public_url"),

@@ -90,11 +90,15 @@ async def send_file(
     settings: Settings,
     file_target: SendFileTarget,
     claim: Claim,
+    source: Path,
     report: ImportReport,
     send: Send,
     between_chunks: Callable[[], None] = lambda: None,
 ) -> BatchInfo:
-    """Publish the file's rows as one batch (target_of says what they get); fills the report's counts."""
+    """Publish the file's rows as one batch (target_of says what they get); fills the report's counts.
+
+    `source` names the claimed file as the job opened it (see nofollow.open_claimed).
+    """
     target, send_time = file_target
     report.database = target.database
     db = settings.databases[target.database]
@@ -103,7 +107,7 @@ async def send_file(
         settings, target, send, source=claim.original_name, send_time=send_time, batch_id=batch_id,
         created_at=claim.claimed_at,
     )  # fmt: skip
-    rows = read_rows(Path(claim.path), "csv", db, settings.service.zone, claim.claimed_at, decoded=True)
+    rows = read_rows(source, "csv", db, settings.service.zone, claim.claimed_at, decoded=True)
     try:
         info = await send_rows(sender, rows, between_chunks)
     except NothingAccepted as exc:

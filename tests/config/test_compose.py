@@ -39,6 +39,8 @@ PRODUCTION_CONFIG = ROOT / "config" / "production.toml"
 PROMETHEUS_CONFIG = ROOT / "config" / "prometheus.yml"
 WORKERS = ("worker1", "worker2")
 DATA_DIR = "/var/lib/streamapp"
+#: The drop folder and its claims, one volume shared by the workers (config/production.toml drop_dir).
+SHARED = "/srv/streamapp"
 
 # The documented development tokens of config/streamapp.toml (SPEC §13).
 DEV_DIGESTS = {
@@ -112,8 +114,8 @@ def test_workers_run_the_production_configuration_with_mailpit(compose: dict[str
 
 def test_workers_share_one_drop_folder_and_keep_their_own_data(compose: dict[str, Any]) -> None:
     mounts = {name: _mounts(_service(compose, name)) for name in WORKERS}
-    drops = {m[f"{DATA_DIR}/drop"] for m in mounts.values()}
-    assert len(drops) == 1 and drops <= set(compose["volumes"]), f"one named volume at {DATA_DIR}/drop: {drops}"
+    shared = {m[SHARED] for m in mounts.values()}
+    assert len(shared) == 1 and shared <= set(compose["volumes"]), f"one named volume at {SHARED}: {shared}"
     data = [m[DATA_DIR] for m in mounts.values()]
     assert len(set(data)) == len(WORKERS), f"each worker needs its own data volume: {data}"
     urls = {_environment(_service(compose, name))["STREAMAPP_ADVERTISED_URL"] for name in WORKERS}
