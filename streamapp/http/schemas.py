@@ -27,6 +27,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from streamapp.core.models import (
+    STATUSES,
     AppendHistory,
     BatchInfo,
     HistoryRecord,
@@ -144,12 +145,16 @@ CustomField = Annotated[
 # -- request bodies ------------------------------------------------------------------------------
 
 
+#: A recipient status, its values listed in the Literal's order (msgspec's own message would sort them).
+StatusName = Annotated[Status, Meta(extra={"messages": {"enum": f"must be one of {', '.join(STATUSES)}"}})]
+
+
 class RecipientUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Upsert of one recipient: only the fields given are touched."""
 
     email: NullableEmail | UnsetType = UNSET
     attributes: Attributes | UnsetType = UNSET
-    status: Status | UnsetType = UNSET
+    status: StatusName | UnsetType = UNSET
 
 
 class RecipientBatchItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -588,7 +588,7 @@ def _walk_struct(node: Any, value: Any, path: str, ctx: _Context, messages: Mapp
     if node.array_like:
         raise TypeError(f"array_like Struct {node.cls.__name__} is not supported by the collecting validator")
     if not isinstance(value, dict):
-        return _fail(ctx, path, messages, "type", "must be an object")
+        return _fail(ctx, path, messages, "type", "must be a JSON object" if path in ("", "/") else "must be an object")
     ok = _walk_tag(node, value, path, ctx)
     fields = _fields_by_key(node)
     for key, item in value.items():
