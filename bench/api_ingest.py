@@ -12,7 +12,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -21,8 +20,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamapp.devtools import kafka_broker
-from tests.fixtures import ROOT, TOKENS, WorkerPool, applied_commands, free_port
+from bench.harness import broker_and_pool
+from tests.fixtures import TOKENS, applied_commands
 
 HEADERS = {"Authorization": f"Bearer {TOKENS['admin']}"}
 
@@ -110,25 +109,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=8)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="streamapp-bench-") as tmp:
-        broker = os.environ.get("STREAMAPP_TEST_BROKER")
-        data_dir = Path(tmp) / "broker"
-        if not broker:
-            broker = f"kafka://127.0.0.1:{free_port()}"
-            kafka_broker.start(broker, data_dir, ROOT)
-        pool = WorkerPool(broker, Path(tmp))
-        try:
-            worker = pool.create(partitions=args.partitions)
-            single = asyncio.run(single_upserts(worker.url, args.singles, args.concurrency))
-            started = time.perf_counter()
-            while applied_commands(worker.url) < args.singles:  # let the agent drain the singles first
-                time.sleep(0.05)
-            single["seconds_until_all_applied_after_last_202"] = round(time.perf_counter() - started, 2)
-            batch = asyncio.run(batch_upserts(worker.url, args.batches, args.batch_size, 2))
-        finally:
-            pool.stop_all()
-            if not os.environ.get("STREAMAPP_TEST_BROKER"):
-                kafka_broker.stop(data_dir)
+    with broker_and_pool("streamapp-bench-") as pool:
+        worker = pool.create(partitions=args.partitions)
+        single = asyncio.run(single_upserts(worker.url, args.singles, args.concurrency))
+        started = time.perf_counter()
+        while applied_commands(worker.url) < args.singles:  # let the agent drain the singles first
+            time.sleep(0.05)
+        single["seconds_until_all_applied_after_last_202"] = round(time.perf_counter() - started, 2)
+        batch = asyncio.run(batch_upserts(worker.url, args.batches, args.batch_size, 2))
     print(json.dumps({"benchmark": "api_ingest", "cores": os.cpu_count(), "single": single, "batch": batch}, indent=2))
 
 

@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,8 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamapp.devtools import kafka_broker
-from tests.fixtures import ROOT, TOKENS, WorkerPool, free_port
+from bench.harness import broker_and_pool
+from tests.fixtures import TOKENS
 
 URL_PATH = "/api/v1/databases/members/recipients"
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -187,20 +186,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip", action="append", default=[], help="a body not to send (repeatable)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="streamapp-bench-") as tmp:
-        broker = os.environ.get("STREAMAPP_TEST_BROKER")
-        data_dir = Path(tmp) / "broker"
-        if not broker:
-            broker = f"kafka://127.0.0.1:{free_port()}"
-            kafka_broker.start(broker, data_dir, ROOT)
-        pool = WorkerPool(broker, Path(tmp))
-        try:
-            worker = pool.create(partitions=8)
-            results = run(worker.url, args.repeat, set(args.skip))
-        finally:
-            pool.stop_all()
-            if not os.environ.get("STREAMAPP_TEST_BROKER"):
-                kafka_broker.stop(data_dir)
+    with broker_and_pool("streamapp-bench-") as pool:
+        worker = pool.create(partitions=8)
+        results = run(worker.url, args.repeat, set(args.skip))
     print(json.dumps({"benchmark": "hostile_bodies", "cores": os.cpu_count(), **results}, indent=2))
 
 
