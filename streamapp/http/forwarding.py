@@ -47,25 +47,19 @@ class OwnerRouter:
         except OwnerUnknown as exc:
             raise unavailable(str(exc)) from None
 
-    async def serve(self, request: web.Request, table: str, partition: int, read: ReadLocally) -> web.Response:
-        """Forward to the owner of `partition`, or answer from this worker's store."""
+    async def serve(
+        self, request: web.Request, table: str, partition: int, read: ReadLocally, body: bytes | None = None
+    ) -> web.Response:
+        """Forward to the owner of `partition` (with `body`, when the request's was read already), or
+        answer from this worker's store."""
         owner = self.owner_of_partition(table, partition)
         if owner is not None:
-            return await self.forward(request, owner)
+            return await self.forward(request, owner, body=body)
         return self.served_here(await read())
 
     async def serve_key(self, request: web.Request, table: str, key: bytes, read: ReadLocally) -> web.Response:
         """`serve` for the partition of a recipient key."""
         return await self.serve(request, table, self.partition(key), read)
-
-    async def serve_body(
-        self, request: web.Request, table: str, partition: int, body: bytes, read: ReadLocally
-    ) -> web.Response:
-        """`serve` for a request whose body was read already (forwarded with it)."""
-        owner = self.owner_of_partition(table, partition)
-        if owner is not None:
-            return await self.forward(request, owner, body=body)
-        return self.served_here(await read())
 
     async def forward(self, request: web.Request, owner: URL, body: bytes | None = None) -> web.Response:
         """Replay the request (with `body`, already read) on the owner; a forwarded request is never forwarded again."""

@@ -21,8 +21,9 @@ from streamapp.http.routes.messages import MessageRoutes
 from streamapp.http.routes.recipients import RecipientRoutes
 from streamapp.http.routes.triggers import TriggerRoutes
 from streamapp.http.routes.unsubscribe import UnsubscribeRoutes
+from streamapp.http.schemas import database_checks
+from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.runtime import StreamApp
-from streamapp.sending.engine import unsubscribe_secret
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -30,8 +31,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def handlers(sa: StreamApp, owners: OwnerRouter) -> dict[str, Handler]:
     """Operation id -> handler, for every route this worker serves."""
     auth = Authenticator(sa.settings.tokens)
+    checks = database_checks(sa.settings)  # the request models' checks, bound per database once
     health = HealthRoutes(sa)
-    recipients = RecipientRoutes(sa, auth, owners)
+    recipients = RecipientRoutes(sa, auth, owners, checks)
     bound: dict[str, Handler] = {
         "healthz": health.healthz,
         "metrics": health.metrics,
@@ -46,10 +48,10 @@ def handlers(sa: StreamApp, owners: OwnerRouter) -> dict[str, Handler]:
     }
     if sa.sending is None:
         return bound
-    triggers = TriggerRoutes(sa, sa.sending, auth, owners)
+    triggers = TriggerRoutes(sa, sa.sending, auth, owners, checks)
     batches = BatchRoutes(sa.settings, sa.batches, sa.sending, auth, owners)
     messages = MessageRoutes(sa.settings, sa.sending, auth, owners)
-    unsubscribe = UnsubscribeRoutes(sa.publisher.publish, unsubscribe_secret(sa.settings))
+    unsubscribe = UnsubscribeRoutes(sa.publisher.publish, unsubscribe_keys(sa.settings))
     bound |= {
         "sendTriggerMessage": triggers.post_message,
         "sendTriggerBatch": triggers.post_trigger_batch,

@@ -195,14 +195,6 @@ def apply_all(chunks: Chunks, commands: list[Command], offset: int) -> Applied:
     return Applied(failed, oversize)
 
 
-def apply_commands(chunks: Chunks, commands: list[Command], offset: int) -> int:
-    """Stage every command of the event at `offset` in order; return how many were skipped (failed or oversize).
-
-    The oversize ones are counted under their own outcome here already (apply_all).
-    """
-    return apply_all(chunks, commands, offset).skipped
-
-
 #: Characters of an originalId shown in the log (an originalId has at most 256).
 MAX_LOGGED_ID = 256
 

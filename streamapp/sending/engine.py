@@ -33,7 +33,7 @@ from streamapp.sending.dispatcher import Dispatcher
 from streamapp.sending.ledger import Ledger
 from streamapp.sending.pipeline import Job, Pipeline
 from streamapp.sending.schedule import Schedule
-from streamapp.settings import KeyRing, Settings
+from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,6 @@ TICK_SECONDS = 0.02
 
 def template_names(settings: Settings) -> set[str]:
     return {t.template for t in settings.triggers.values()} | {c.template for c in settings.campaigns.values()}
-
-
-def unsubscribe_secret(settings: Settings) -> KeyRing:
-    """Shared by every worker of a deployment (docs/sending.md): `[service] secret_file`."""
-    return unsubscribe_keys(settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +88,7 @@ class SendEngine(Service):  # type: ignore[misc]
             builder=MimeBuilder(smtp.sender, unsubscribe_mailto=smtp.unsubscribe_mailto),
             send=self.pool.send,
             publish=self._publish,
-            secret=unsubscribe_secret(settings),
+            secret=unsubscribe_keys(settings),
             schedule=self.schedule.add,
         )
         self.dispatcher = Dispatcher(self._run, smtp.connections * SENDERS_PER_CONNECTION, QUEUE_HIGH)

@@ -25,7 +25,7 @@ from streamapp.core.models import (
     encode,
 )
 from streamapp.kafka.store import check_record
-from streamapp.recipients.apply import Chunks, apply_all, apply_commands
+from streamapp.recipients.apply import Chunks, apply_all
 
 
 class MemoryTransaction:
@@ -75,7 +75,7 @@ def test_commands_apply_in_order_per_recipient() -> None:
         SoftBounce(database="members", originalId="A", at="2026-12-01T00:00:04", action="inc"),
         BatchInfo(batchId="b1", database="members", kind="trigger", name="welcome", priority="batch", source="api", total=1, createdAt="2026-12-01T00:00:05"),
     ]  # fmt: skip
-    assert apply_commands(c, commands, offset=7) == 0
+    assert apply_all(c, commands, offset=7).skipped == 0
     a = recipient(c, "A")
     assert a.email == "a@x.se" and a.attributes == {"firstname": "Ann", "zipcode": "111"}  # type: ignore[attr-defined]
     assert a.softBounces == 1  # type: ignore[attr-defined]
@@ -93,19 +93,19 @@ def test_a_replayed_event_changes_nothing() -> None:
         upsert("A", "2026-12-01T00:00:02", attributes={"firstname": "Anna"}),
         SoftBounce(database="members", originalId="A", at="2026-12-01T00:00:02", action="inc"),
     ]
-    apply_commands(c, first, offset=1)
-    apply_commands(c, second, offset=2)
+    apply_all(c, first, offset=1)
+    apply_all(c, second, offset=2)
     state = dict(c.recipients.rows)  # type: ignore[attr-defined]
-    apply_commands(c, first, offset=1)  # replayed: older than the stored seq
-    apply_commands(c, second, offset=2)  # replayed: the soft bounce is not counted twice
+    apply_all(c, first, offset=1)  # replayed: older than the stored seq
+    apply_all(c, second, offset=2)  # replayed: the soft bounce is not counted twice
     assert c.recipients.rows == state  # type: ignore[attr-defined]
     assert recipient(c, "A").attributes == {"firstname": "Anna"}  # type: ignore[attr-defined]
 
 
 def test_a_sweep_after_a_replace_import_makes_the_unwritten_inactive() -> None:
     c = chunks()
-    apply_commands(c, [upsert("old", "2026-11-01T00:00:00"), upsert("new", "2026-12-01T00:00:00")], offset=1)
-    apply_commands(c, [SweepInactive(database="members", before="2026-11-15T00:00:00")], offset=2)
+    apply_all(c, [upsert("old", "2026-11-01T00:00:00"), upsert("new", "2026-12-01T00:00:00")], offset=1)
+    apply_all(c, [SweepInactive(database="members", before="2026-11-15T00:00:00")], offset=2)
     assert recipient(c, "old").status == "inactive"  # type: ignore[attr-defined]
     assert recipient(c, "new").status == "active"  # type: ignore[attr-defined]
 
@@ -113,7 +113,7 @@ def test_a_sweep_after_a_replace_import_makes_the_unwritten_inactive() -> None:
 def test_a_command_that_fails_is_counted_and_skipped() -> None:
     c = chunks()
     c.recipients.set(recipient_key("members", "X"), b"\xc1 not msgpack")  # a corrupt row
-    failed = apply_commands(c, [upsert("X", "2026-12-01T00:00:01"), upsert("Y", "2026-12-01T00:00:01")], offset=1)
+    failed = apply_all(c, [upsert("X", "2026-12-01T00:00:01"), upsert("Y", "2026-12-01T00:00:01")], offset=1).skipped
     assert failed == 1 and recipient(c, "Y") is not None
 
 
@@ -139,7 +139,7 @@ def test_an_upsert_that_would_outgrow_the_row_is_skipped_and_counted(caplog: pyt
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "UpsertRecipient of members/'A'" in record.getMessage() and "more than 524288" in record.getMessage()
     assert "x" * 100 not in caplog.text  # no attribute values in the log
-    assert apply_commands(c, [upsert("A", "2026-12-01T00:00:07", attributes={"a0": "small"})], offset=2) == 0
+    assert apply_all(c, [upsert("A", "2026-12-01T00:00:07", attributes={"a0": "small"})], offset=2).skipped == 0
     assert recipient(c, "A").attributes["a0"] == "small"  # type: ignore[attr-defined]
 
 
@@ -148,10 +148,10 @@ def test_a_row_stored_too_large_before_still_takes_what_does_not_grow_it() -> No
     c = chunks()
     big = Recipient(originalId="L", attributes={f"a{i}": KIB60 for i in range(10)}, createdAt="t", updatedAt="t")
     c.recipients.rows[recipient_key("members", "L")] = encode(big)  # type: ignore[attr-defined]
-    assert apply_commands(c, [upsert("L", "2026-12-01T00:00:01", status="unsubscribed")], offset=1) == 0
+    assert apply_all(c, [upsert("L", "2026-12-01T00:00:01", status="unsubscribed")], offset=1).skipped == 0
     assert recipient(c, "L").status == "unsubscribed"  # type: ignore[attr-defined]
     assert apply_all(c, [upsert("L", "2026-12-01T00:00:02", attributes={"b": "x"})], offset=2).oversize == 1
-    assert apply_commands(c, [upsert("L", "2026-12-01T00:00:03", attributes={"a0": None})], offset=3) == 0
+    assert apply_all(c, [upsert("L", "2026-12-01T00:00:03", attributes={"a0": None})], offset=3).skipped == 0
     assert "a0" not in recipient(c, "L").attributes  # type: ignore[attr-defined]
 
 
@@ -175,7 +175,7 @@ def test_a_history_that_would_outgrow_its_row_drops_its_oldest_records() -> None
     commands: list[Command] = [
         AppendHistory(database="members", originalId="A", records=[record(n, 100 * 1024)]) for n in range(6)
     ]
-    assert apply_commands(c, commands, offset=1) == 0
+    assert apply_all(c, commands, offset=1).skipped == 0
     kept = decode_history(c.history.get(key) or b"")
     assert [r.id for r in kept] == ["h5", "h4", "h3", "h2", "h1"]  # the newest that fit, newest first
     assert len(c.history.get(key) or b"") <= 512 * 1024

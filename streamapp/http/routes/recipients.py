@@ -8,7 +8,7 @@ Reads go to the worker that owns the recipient's partition.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -27,11 +27,10 @@ from streamapp.http.schemas import (
     RecipientBatchItem,
     RecipientUpdate,
     batch_upsert,
-    database_checks,
     history_append,
     recipient_upsert,
 )
-from streamapp.http.validate import validate
+from streamapp.http.validate import Check, validate
 from streamapp.runtime import StreamApp
 from streamapp.settings import DatabaseSettings
 from streamapp.tables.recipients import HISTORY, RECIPIENTS
@@ -43,13 +42,15 @@ ParseItem = Callable[[Any, str], tuple[RecipientCommand | None, list[FieldError]
 
 
 class RecipientRoutes:
-    def __init__(self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
+    def __init__(
+        self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter, checks: Mapping[str, Mapping[str, Check]]
+    ) -> None:
         self.sa = sa
         self.settings = sa.settings
         self.auth = auth
         self.owners = owners
-        #: The configuration-dependent checks the request models name, bound per database once.
-        self.checks = database_checks(sa.settings)
+        #: The configuration-dependent checks the request models name, by database.
+        self.checks = checks
 
     # -- helpers -----------------------------------------------------------
 

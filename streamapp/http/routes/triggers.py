@@ -30,8 +30,8 @@ from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.bodies import NDJSON_TYPES, chunks_within, parse_json, read_limited
 from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
 from streamapp.http.forwarding import OwnerRouter
-from streamapp.http.schemas import TriggerMessage, database_checks
-from streamapp.http.validate import validate
+from streamapp.http.schemas import TriggerMessage
+from streamapp.http.validate import Check, validate
 from streamapp.kafka.publisher import faust_send
 from streamapp.runtime import Sending, StreamApp
 from streamapp.sending.batch_rows import Format, read_rows
@@ -61,13 +61,20 @@ def body_format(content_type: str) -> Format:
 
 
 class TriggerRoutes:
-    def __init__(self, sa: StreamApp, sending: Sending, auth: Authenticator, owners: OwnerRouter) -> None:
+    def __init__(
+        self,
+        sa: StreamApp,
+        sending: Sending,
+        auth: Authenticator,
+        owners: OwnerRouter,
+        checks: Mapping[str, Mapping[str, Check]],
+    ) -> None:
         self.sa = sa
         self.settings = sa.settings
         self.auth = auth
         self.owners = owners
         self.keys = IdempotencyKeys(sending.idempotency, sa.settings.service.partitions)
-        self.checks = database_checks(sa.settings)
+        self.checks = checks
         self.spool = sa.settings.service.data_dir / "spool"
 
     async def _clear_spool(self, app: web.Application) -> None:
@@ -104,8 +111,8 @@ class TriggerRoutes:
             return json_response({"messageId": message.messageId}, status=202)
         key = scoped_key(token.sha256, trigger.name, single.idempotency_key)
         partition = self.keys.partition(key)
-        return await self.owners.serve_body(
-            request, IDEMPOTENCY, partition, data, lambda: self._idempotent(key, single, trigger)
+        return await self.owners.serve(
+            request, IDEMPOTENCY, partition, lambda: self._idempotent(key, single, trigger), body=data
         )
 
     async def _idempotent(self, key: bytes, single: SingleRequest, trigger: TriggerSettings) -> web.Response:
