@@ -16,9 +16,12 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from streamapp.durations import parse_duration
 
 DEFAULT_CONFIG = Path("config/streamapp.toml")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -126,6 +129,8 @@ class ServiceSettings:
     #: Claims, in-flight files, locks, duplicate markers (`claims_dir`, default <drop_dir>/../.streamapp-claims):
     #: outside drop_dir, never reachable by uploaders, on its file system so a claim is one rename (SPEC §13).
     claims_dir: Path | None = None
+    #: How long ledger, batch and idempotency records are kept (`retention`, ISO 8601, SPEC §3).
+    retention: timedelta = timedelta(days=90)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -187,11 +192,21 @@ class ImportSettings:
 
 
 @dataclass(frozen=True)
+class DeclaredProperty:
+    """A property a trigger's or campaign's template needs (`properties = { code = "string?" }`, SPEC §2)."""
+
+    type: AttributeType
+    required: bool
+
+
+@dataclass(frozen=True)
 class TriggerSettings:
     name: str
     database: str
     template: str
     transactional: bool
+    #: None: properties are not declared, any are accepted (and templates may use any name).
+    properties: Mapping[str, DeclaredProperty] | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,7 @@ class CampaignSettings:
     name: str
     database: str
     template: str
+    properties: Mapping[str, DeclaredProperty] | None = None
 
 
 @dataclass(frozen=True)
@@ -399,7 +415,21 @@ def _read_service(r: _Reader, data: Any, base: Path) -> ServiceSettings:
             keys=_read_key_ring(r, secret_file, t.at("secret_file"), web_host),
             drop_dir=drop_dir,
             claims_dir=claims_dir,
+            retention=_read_retention(t),
         )
+
+
+#: Idempotency records protect retries for 24 h (SPEC §4), so retention may not be shorter (SPEC §3).
+MIN_RETENTION = timedelta(hours=24)
+
+
+def _read_retention(t: _Table) -> timedelta:
+    text = t.get("retention", str, "P90D")
+    try:
+        return parse_duration(text, minimum=MIN_RETENTION, maximum=timedelta(days=3650))
+    except ValueError as exc:
+        t.reader.error(t.at("retention"), str(exc))
+        return timedelta(days=90)
 
 
 def _default_claims_dir(drop_dir: Path) -> Path:
@@ -747,8 +777,8 @@ def _relative_folder(value: str) -> str | None:
 
 def _read_messages(
     r: _Reader, data: Any, table: str, databases: Mapping[str, DatabaseSettings], templates: Path
-) -> list[tuple[str, str, str, bool]]:
-    """Read [[triggers]] or [[campaigns]] as (name, database, template, transactional)."""
+) -> list[TriggerSettings]:
+    """Read [[triggers]] or [[campaigns]] (a campaign is read as a trigger that is never transactional)."""
     items = []
     for i, item in enumerate(_array(r, data, table)):
         with r.table(item, f"{table}[{i}]") as t:
@@ -758,8 +788,38 @@ def _read_messages(
             template = t.get("template", str, name, _name_check)
             _check_template(r, t.at("template"), templates / template)
             transactional = t.get("transactional", bool, False) if table == "triggers" else False
-            items.append((name, database, template, transactional))
+            properties = _read_properties(r, t.get("properties", dict, None), t.at("properties"))
+            items.append(TriggerSettings(name, database, template, transactional, properties))
     return items
+
+
+def _read_properties(r: _Reader, data: dict[str, Any] | None, place: str) -> dict[str, DeclaredProperty] | None:
+    """`{ code = "string", amount = "float?" }`: the attribute types, `?` marking an optional property."""
+    if data is None:
+        return None
+    declared: dict[str, DeclaredProperty] = {}
+    for name, value in data.items():
+        where = f"{place}.{name}"
+        if not isinstance(value, str) or value.rstrip("?") not in ATTRIBUTE_TYPES or value.count("?") > 1:
+            r.error(where, f"expected one of {', '.join(ATTRIBUTE_TYPES)}, optionally ending in '?', got {value!r}")
+            continue
+        if problem := _property_name_check(name):
+            r.error(where, problem)
+            continue
+        kind = cast(AttributeType, value.rstrip("?"))
+        declared[name] = DeclaredProperty(kind, required=not value.endswith("?"))
+    if len(declared) > MAX_DECLARED_PROPERTIES:
+        r.error(place, f"at most {MAX_DECLARED_PROPERTIES} properties, not {len(declared)}")
+    return declared
+
+
+#: SPEC §3: at most 256 properties.
+MAX_DECLARED_PROPERTIES = 256
+
+
+def _property_name_check(name: str) -> str | None:
+    """A name a template can write as `properties.name`."""
+    return None if name.isidentifier() else "a property name must be an identifier (letters, digits, _)"
 
 
 def _check_template(r: _Reader, place: str, folder: Path) -> None:
@@ -821,15 +881,10 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
     tokens = _read_tokens(r, raw.get("tokens"), databases) + _read_tokens_file(r, service.tokens_file, databases)
     _check_tokens(r, tokens, service.web_host)
     templates = base / "templates"
-    triggers = {
-        name: TriggerSettings(name, db, template, transactional)
-        for name, db, template, transactional in _read_messages(
-            r, raw.get("triggers"), "triggers", databases, templates
-        )
-    }
+    triggers = {t.name: t for t in _read_messages(r, raw.get("triggers"), "triggers", databases, templates)}
     campaigns = {
-        name: CampaignSettings(name, db, template)
-        for name, db, template, _ in _read_messages(r, raw.get("campaigns"), "campaigns", databases, templates)
+        c.name: CampaignSettings(c.name, c.database, c.template, c.properties)
+        for c in _read_messages(r, raw.get("campaigns"), "campaigns", databases, templates)
     }
     history_types = _read_history_types(r, raw.get("history_types"))
     return Settings(

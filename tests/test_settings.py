@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,43 @@ def test_triggers_need_database_and_template(tmp_path: Path) -> None:
     found = issues_of(write(tmp_path, text))
     assert any(f.startswith("triggers[0].database: unknown database 'other'") for f in found)
     assert any(f.startswith("triggers[0].template: template file") and "subject.txt" in f for f in found)
+
+
+def _trigger_config(tmp_path: Path, properties: str) -> Path:
+    folder = tmp_path / "templates" / "welcome"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("Hi", encoding="utf-8")
+    (folder / "body.html").write_text("<p>Hi</p>", encoding="utf-8")
+    text = '[[databases]]\nname = "members"\n[[triggers]]\nname = "welcome"\ndatabase = "members"\n'
+    return write(tmp_path, text + properties)
+
+
+def test_triggers_declare_typed_properties_required_or_optional(tmp_path: Path) -> None:
+    settings = load_settings(_trigger_config(tmp_path, 'properties = { code = "string", amount = "float?" }\n'), {})
+    declared = settings.triggers["welcome"].properties
+    assert declared is not None
+    assert (declared["code"].type, declared["code"].required) == ("string", True)
+    assert (declared["amount"].type, declared["amount"].required) == ("float", False)
+
+
+def test_undeclared_properties_stay_open(tmp_path: Path) -> None:
+    assert load_settings(_trigger_config(tmp_path, ""), {}).triggers["welcome"].properties is None
+
+
+def test_bad_property_declarations_are_named(tmp_path: Path) -> None:
+    found = issues_of(_trigger_config(tmp_path, 'properties = { code = "text", "a-b" = "int", n = 3 }\n'))
+    assert any(f.startswith("triggers[0].properties.code: expected one of string, int") for f in found)
+    assert any(f.startswith("triggers[0].properties.a-b: a property name must be an identifier") for f in found)
+    assert any(f.startswith("triggers[0].properties.n: expected one of") for f in found)
+
+
+def test_retention_defaults_to_90_days_and_is_at_least_a_day(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "[service]\n"), {}).service.retention == timedelta(days=90)
+    assert load_settings(write(tmp_path, '[service]\nretention = "P7D"\n'), {}).service.retention == timedelta(days=7)
+    found = issues_of(write(tmp_path, '[service]\nretention = "PT1H"\n'))
+    assert any(f.startswith("service.retention:") for f in found)
+    found = issues_of(write(tmp_path, '[service]\nretention = "90 days"\n'))
+    assert any(f.startswith("service.retention:") for f in found)
 
 
 def test_environment_errors_are_named(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
-from streamapp.core.durations import format_duration, parse_duration
+from streamapp.durations import format_duration, parse_duration
 from streamapp.segments.nodes import (
     AGGREGATES,
     ATTRIBUTE_TYPES,

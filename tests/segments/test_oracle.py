@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from streamapp.core import durations
+from streamapp import durations
 from streamapp.segments.definition import Catalog, DefinitionError, parse_definition
 from streamapp.segments.graph import CycleError
 from streamapp.segments.nodes import Node

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamapp.core.durations import (
+from streamapp.durations import (
     MAX_DURATION,
     MIN_DURATION,
     format_duration,
