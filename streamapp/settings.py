@@ -12,10 +12,11 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
@@ -103,6 +104,40 @@ class KeyRing:
         return f"KeyRing(<{len(self.verifying)} key(s)>)"
 
 
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How every client reaches the broker (`[service] kafka_*`): TLS, SASL, or neither.
+
+    The password comes from `password_file` (never inline) and is read at load time, so a
+    missing file stops `check-config` rather than the first connection. The repr hides it.
+    """
+
+    protocol: KafkaProtocol = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+    #: PEM CA bundle the broker's certificate must chain to; None: the system CAs.
+    ca_file: Path | None = None
+    #: A client certificate and its key, for brokers that require mutual TLS.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     id: str
@@ -131,6 +166,8 @@ class ServiceSettings:
     claims_dir: Path | None = None
     #: How long ledger, batch and idempotency records are kept (`retention`, ISO 8601, SPEC §3).
     retention: timedelta = timedelta(days=90)
+    #: TLS and SASL to the broker (`kafka_security_protocol` and the other `kafka_*` keys).
+    kafka: KafkaSecurity = KafkaSecurity()
 
     @property
     def zone(self) -> ZoneInfo:
@@ -397,9 +434,10 @@ def _read_service(r: _Reader, data: Any, base: Path) -> ServiceSettings:
         drop_dir = _path(base, t.get("drop_dir", str, None, _non_empty)) or data_dir / "drop"
         claims_dir = _path(base, t.get("claims_dir", str, None, _non_empty)) or _default_claims_dir(drop_dir)
         _check_claims_dir(r, t.at("claims_dir"), drop_dir, claims_dir)
+        broker = t.get("broker", str, "kafka://127.0.0.1:9092", _broker)
         return ServiceSettings(
             id=t.get("id", str, "streamapp", _name_check),
-            broker=t.get("broker", str, "kafka://127.0.0.1:9092", _broker),
+            broker=broker,
             data_dir=data_dir,
             web_host=web_host,
             web_port=web_port,
@@ -416,6 +454,7 @@ def _read_service(r: _Reader, data: Any, base: Path) -> ServiceSettings:
             drop_dir=drop_dir,
             claims_dir=claims_dir,
             retention=_read_retention(t),
+            kafka=_read_kafka_security(t, base, broker),
         )
 
 
@@ -430,6 +469,107 @@ def _read_retention(t: _Table) -> timedelta:
     except ValueError as exc:
         t.reader.error(t.at("retention"), str(exc))
         return timedelta(days=90)
+
+
+def _read_kafka_security(t: _Table, base: Path, broker: str) -> KafkaSecurity:
+    """The `kafka_*` keys; a key that the chosen protocol would ignore is an error, not a silent no-op."""
+    protocol = t.get("kafka_security_protocol", str, "PLAINTEXT", _one_of(*KAFKA_PROTOCOLS))
+    security = KafkaSecurity(
+        protocol=cast(KafkaProtocol, protocol),
+        sasl_mechanism=t.get("kafka_sasl_mechanism", str, "SCRAM-SHA-512", _one_of(*KAFKA_SASL_MECHANISMS)),
+        username=t.get("kafka_username", str, None, _non_empty),
+        password_file=_path(base, t.get("kafka_password_file", str, None, _non_empty)),
+        ca_file=_path(base, t.get("kafka_ca_file", str, None, _non_empty)),
+        cert_file=_path(base, t.get("kafka_cert_file", str, None, _non_empty)),
+        key_file=_path(base, t.get("kafka_key_file", str, None, _non_empty)),
+        check_hostname=t.get("kafka_check_hostname", bool, True),
+    )
+    _check_kafka_keys_apply(t, security)
+    if security.sasl:
+        security = replace(security, password=_read_kafka_password(t, security))
+        _check_kafka_sasl_transport(t, security, broker)
+    if security.tls:
+        _check_kafka_tls_files(t, security)
+    return security
+
+
+#: The keys each half of the protocol uses: set with a protocol that ignores them, they are a mistake.
+_KAFKA_SASL_KEYS = ("kafka_sasl_mechanism", "kafka_username", "kafka_password_file")
+_KAFKA_TLS_KEYS = ("kafka_ca_file", "kafka_cert_file", "kafka_key_file", "kafka_check_hostname")
+
+
+def _check_kafka_keys_apply(t: _Table, security: KafkaSecurity) -> None:
+    unused = [(key, "SASL_PLAINTEXT or SASL_SSL") for key in _KAFKA_SASL_KEYS if not security.sasl] + [
+        (key, "SSL or SASL_SSL") for key in _KAFKA_TLS_KEYS if not security.tls
+    ]
+    for key, protocols in unused:
+        if key in t.data:
+            t.reader.error(t.at(key), f"only used with kafka_security_protocol {protocols}, not {security.protocol!r}")
+
+
+def _read_kafka_password(t: _Table, security: KafkaSecurity) -> str | None:
+    """The SASL password: the file's content without its line ending (a secret never sits in the main file)."""
+    if security.username is None and "kafka_username" not in t.data:
+        t.reader.error(t.at("kafka_username"), f"required with kafka_security_protocol {security.protocol!r}")
+    path, place = security.password_file, t.at("kafka_password_file")
+    if path is None:
+        t.reader.error(place, f"required with kafka_security_protocol {security.protocol!r} (the password, in a file)")
+        return None
+    try:
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        t.reader.error(place, f"cannot read the password file {path}: {exc.strerror or exc}")
+        return None
+    except UnicodeDecodeError:
+        t.reader.error(place, f"the password file {path} is not UTF-8 text")
+        return None
+    if not password:
+        t.reader.error(place, f"the password file {path} is empty")
+    return password or None
+
+
+def _check_kafka_sasl_transport(t: _Table, security: KafkaSecurity, broker: str) -> None:
+    """SPEC §13's rule for credentials: over TLS only; SCRAM without TLS to a loopback broker (development)."""
+    if security.tls:
+        return
+    place = t.at("kafka_security_protocol")
+    if security.sasl_mechanism == "PLAIN":
+        t.reader.error(place, "must be 'SASL_SSL' with kafka_sasl_mechanism 'PLAIN': PLAIN sends the password as it is")
+        return
+    remote = [host for host in _broker_hosts(broker) if not is_loopback(host)]
+    if remote:
+        source = t.reader.from_env.get("service.broker")
+        where = ", ".join(remote) + (f", set by {source}" if source else "")
+        t.reader.error(place, f"must be 'SASL_SSL' for a broker off loopback ({where}): credentials only go over TLS")
+
+
+def _broker_hosts(broker: str) -> list[str]:
+    """The host of each `host:port` in a (possibly kafka://) broker list."""
+    return [address.rpartition(":")[0] for address in broker.removeprefix("kafka://").split(",")]
+
+
+def _check_kafka_tls_files(t: _Table, security: KafkaSecurity) -> None:
+    """Load the CA, certificate and key once now, so a bad file is named by its key, not by a failed connect."""
+    if security.key_file is not None and security.cert_file is None:
+        t.reader.error(t.at("kafka_cert_file"), "required with kafka_key_file")
+    try:
+        context = ssl.create_default_context(cafile=security.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        t.reader.error(t.at("kafka_ca_file"), f"cannot load the CA file {security.ca_file}: {_tls_reason(exc)}")
+        return
+    if security.cert_file is not None:
+        try:
+            context.load_cert_chain(security.cert_file, security.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            files = " and ".join(str(f) for f in (security.cert_file, security.key_file) if f is not None)
+            t.reader.error(t.at("kafka_cert_file"), f"cannot load the certificate {files}: {_tls_reason(exc)}")
+
+
+def _tls_reason(exc: OSError) -> str:
+    """OpenSSL's reason (`NO_CERTIFICATE_OR_CRL_FOUND`, …) or the OS's (`No such file or directory`)."""
+    if isinstance(exc, ssl.SSLError):
+        return f"{exc.library}: {exc.reason}" if exc.reason else str(exc)
+    return exc.strerror or str(exc)
 
 
 def _default_claims_dir(drop_dir: Path) -> Path:
@@ -901,7 +1041,7 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
 
 
 #: Keys of [service] naming a path: one from the environment is relative to the working directory.
-PATH_KEYS = ("data_dir", "tokens_file", "secret_file")
+PATH_KEYS = ("data_dir", "tokens_file", "secret_file", "kafka_password_file")
 
 
 def _apply_environment(r: _Reader, raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -919,6 +1059,7 @@ def _apply_environment(r: _Reader, raw: dict[str, Any], environ: Mapping[str, st
         ("STREAMAPP_PUBLIC_URL", "public_url"),
         ("STREAMAPP_TOKENS_FILE", "tokens_file"),
         ("STREAMAPP_SECRET_FILE", "secret_file"),
+        ("STREAMAPP_KAFKA_PASSWORD_FILE", "kafka_password_file"),
     ):
         if environ.get(var):
             service[key] = str(Path(environ[var]).resolve()) if key in PATH_KEYS else environ[var]

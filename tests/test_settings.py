@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streamapp.settings import DEFAULT_HISTORY_TYPES, DEVELOPMENT_KEY, ConfigError, load_settings
+from streamapp.devtools.broker_tls import ensure_tls
+from streamapp.settings import DEFAULT_HISTORY_TYPES, DEVELOPMENT_KEY, ConfigError, KafkaSecurity, load_settings
 
 SHA = "a" * 64
 
@@ -389,3 +390,131 @@ def test_smtp_credentials_need_starttls(tmp_path: Path) -> None:
     assert (
         load_settings(write(tmp_path, '[smtp]\nhost = "relay"\n'), {}).smtp is not None
     )  # no credentials: no TLS needed
+
+
+# -- Kafka TLS and SASL ([service] kafka_*) ---------------------------------------------------------
+
+
+def kafka_service(tmp_path: Path, *lines: str, broker: str = "kafka://kafka-1.internal:9093") -> Path:
+    return write(tmp_path, f'[service]\nbroker = "{broker}"\n' + "".join(f"{line}\n" for line in lines))
+
+
+def password_file(tmp_path: Path, text: str = "s3cret-pass\n", name: str = "kafka.password") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+SASL_SSL = ('kafka_security_protocol = "SASL_SSL"', 'kafka_username = "streamapp"')
+
+
+def test_kafka_is_plaintext_by_default(tmp_path: Path) -> None:
+    kafka = load_settings(kafka_service(tmp_path), {}).service.kafka
+    assert kafka == KafkaSecurity() and not kafka.tls and not kafka.sasl
+
+
+def test_kafka_sasl_ssl_reads_the_password_from_a_file_beside_the_config(tmp_path: Path) -> None:
+    password_file(tmp_path)
+    config = kafka_service(tmp_path, *SASL_SSL, 'kafka_password_file = "kafka.password"')
+    settings = load_settings(config, {})
+    kafka = settings.service.kafka
+    assert (kafka.protocol, kafka.sasl_mechanism, kafka.username) == ("SASL_SSL", "SCRAM-SHA-512", "streamapp")
+    assert kafka.password == "s3cret-pass" and kafka.password_file == tmp_path / "kafka.password"
+    assert kafka.tls and kafka.sasl and kafka.check_hostname and kafka.ca_file is None  # the system CAs
+    assert "s3cret" not in repr(settings)
+    other = password_file(tmp_path, "from-the-environment\r\n", name="other.password")
+    kafka = load_settings(config, {"STREAMAPP_KAFKA_PASSWORD_FILE": str(other)}).service.kafka
+    assert kafka.password == "from-the-environment" and kafka.password_file == other
+
+
+def test_kafka_sasl_needs_a_user_and_a_readable_non_empty_password_file(tmp_path: Path) -> None:
+    assert issues_of(kafka_service(tmp_path, 'kafka_security_protocol = "SASL_SSL"')) == [
+        "service.kafka_username: required with kafka_security_protocol 'SASL_SSL'",
+        "service.kafka_password_file: required with kafka_security_protocol 'SASL_SSL' (the password, in a file)",
+    ]
+    missing = tmp_path / "missing.password"
+    assert issues_of(kafka_service(tmp_path, *SASL_SSL), {"STREAMAPP_KAFKA_PASSWORD_FILE": str(missing)}) == [
+        f"service.kafka_password_file: cannot read the password file {missing}: No such file or directory "
+        "(set by STREAMAPP_KAFKA_PASSWORD_FILE)"
+    ]
+    empty = password_file(tmp_path, "\n")
+    assert issues_of(kafka_service(tmp_path, *SASL_SSL, f'kafka_password_file = "{empty}"')) == [
+        f"service.kafka_password_file: the password file {empty} is empty"
+    ]
+
+
+def test_kafka_credentials_only_travel_over_tls_off_loopback(tmp_path: Path) -> None:
+    secret = password_file(tmp_path)
+    plain_sasl = (
+        'kafka_security_protocol = "SASL_PLAINTEXT"',
+        'kafka_username = "u"',
+        f'kafka_password_file = "{secret}"',
+    )
+    assert issues_of(kafka_service(tmp_path, *plain_sasl, broker="127.0.0.1:9092,kafka-2.internal:9092")) == [
+        "service.kafka_security_protocol: must be 'SASL_SSL' for a broker off loopback (kafka-2.internal): "
+        "credentials only go over TLS"
+    ]
+    config = kafka_service(tmp_path, *plain_sasl, broker="kafka://localhost:9092")
+    assert load_settings(config, {}).service.kafka.protocol == "SASL_PLAINTEXT"  # SCRAM to a loopback broker
+    assert issues_of(config, {"STREAMAPP_BROKER": "kafka://10.0.0.5:9092"}) == [
+        "service.kafka_security_protocol: must be 'SASL_SSL' for a broker off loopback "
+        "(10.0.0.5, set by STREAMAPP_BROKER): credentials only go over TLS"
+    ]
+    plain = kafka_service(tmp_path, *plain_sasl, 'kafka_sasl_mechanism = "PLAIN"', broker="127.0.0.1:9092")
+    assert issues_of(plain) == [
+        "service.kafka_security_protocol: must be 'SASL_SSL' with kafka_sasl_mechanism 'PLAIN': "
+        "PLAIN sends the password as it is"
+    ]
+    tls_plain = kafka_service(
+        tmp_path, *SASL_SSL, f'kafka_password_file = "{secret}"', 'kafka_sasl_mechanism = "PLAIN"'
+    )
+    assert load_settings(tls_plain, {}).service.kafka.sasl_mechanism == "PLAIN"
+
+
+def test_kafka_keys_the_protocol_would_ignore_are_errors(tmp_path: Path) -> None:
+    secret = password_file(tmp_path)
+    assert issues_of(kafka_service(tmp_path, 'kafka_username = "u"', 'kafka_ca_file = "ca.pem"')) == [
+        "service.kafka_username: only used with kafka_security_protocol SASL_PLAINTEXT or SASL_SSL, not 'PLAINTEXT'",
+        "service.kafka_ca_file: only used with kafka_security_protocol SSL or SASL_SSL, not 'PLAINTEXT'",
+    ]
+    config = kafka_service(
+        tmp_path,
+        'kafka_security_protocol = "SASL_PLAINTEXT"',
+        'kafka_username = "u"',
+        f'kafka_password_file = "{secret}"',
+        "kafka_check_hostname = false",
+        broker="127.0.0.1:9092",
+    )
+    assert issues_of(config) == [
+        "service.kafka_check_hostname: only used with kafka_security_protocol SSL or SASL_SSL, not 'SASL_PLAINTEXT'"
+    ]
+    assert issues_of(kafka_service(tmp_path, 'kafka_security_protocol = "TLS"', 'kafka_sasl_mechanism = "MD5"')) == [
+        "service.kafka_security_protocol: must be one of 'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT', 'SASL_SSL'",
+        "service.kafka_sasl_mechanism: must be one of 'SCRAM-SHA-512', 'SCRAM-SHA-256', 'PLAIN'",
+        "service.kafka_sasl_mechanism: only used with kafka_security_protocol SASL_PLAINTEXT or SASL_SSL, not 'TLS'",
+    ]
+
+
+def test_kafka_tls_files_are_loaded_at_check_time(tmp_path: Path) -> None:
+    tls = ensure_tls(tmp_path / "tls", "127.0.0.1")
+    cert, key = tmp_path / "tls" / "broker.pem", tmp_path / "tls" / "broker.key"
+    ssl_lines = ('kafka_security_protocol = "SSL"', f'kafka_ca_file = "{tls.ca_file}"')
+    kafka = load_settings(
+        kafka_service(tmp_path, *ssl_lines, f'kafka_cert_file = "{cert}"', f'kafka_key_file = "{key}"'), {}
+    )
+    assert (kafka.service.kafka.cert_file, kafka.service.kafka.key_file) == (cert, key)
+    assert issues_of(kafka_service(tmp_path, *ssl_lines, f'kafka_key_file = "{key}"')) == [
+        "service.kafka_cert_file: required with kafka_key_file"
+    ]
+    not_pem = password_file(tmp_path, "not a certificate\n", name="ca.pem")
+    found = issues_of(kafka_service(tmp_path, 'kafka_security_protocol = "SSL"', 'kafka_ca_file = "ca.pem"'))
+    assert len(found) == 1 and found[0].startswith(f"service.kafka_ca_file: cannot load the CA file {not_pem}: "), found
+    missing = tmp_path / "client.pem"
+    assert issues_of(kafka_service(tmp_path, *ssl_lines, 'kafka_cert_file = "client.pem"')) == [
+        f"service.kafka_cert_file: cannot load the certificate {missing}: No such file or directory"
+    ]
+    wrong_key = kafka_service(tmp_path, *ssl_lines, f'kafka_cert_file = "{cert}"', f'kafka_key_file = "{tls.ca_file}"')
+    found = issues_of(wrong_key)
+    assert len(found) == 1 and found[0].startswith(
+        f"service.kafka_cert_file: cannot load the certificate {cert} and"
+    ), found

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from streamapp.core.keys import partitions_for, recipient_key
 from streamapp.core.models import Command, CommandBatch, RecipientCommand, encode
+from streamapp.kafka.security import client_options
 from streamapp.kafka.topics import bootstrap_servers
 from streamapp.settings import Settings
 
@@ -67,7 +68,11 @@ def aiokafka_send(producer: AIOKafkaProducer) -> Send:
 def new_producer(settings: Settings, linger_ms: int = 5) -> AIOKafkaProducer:
     """The one producer configuration outside a worker's Faust app: acks from every replica, large batches."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings), acks="all", max_batch_size=512 * 1024, linger_ms=linger_ms
+        bootstrap_servers=bootstrap_servers(settings),
+        acks="all",
+        max_batch_size=512 * 1024,
+        linger_ms=linger_ms,
+        **client_options(settings),
     )
 
 

@@ -14,16 +14,21 @@ import asyncio
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streamapp.core.models import PRIORITIES, Priority
+from streamapp.kafka.security import client_options, connect_problem
 from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class TopicError(RuntimeError):
-    """A source topic exists with the wrong number of partitions."""
+    """The source topics cannot be made ready: one has the wrong number of partitions, or no broker answers."""
+
+
+class BrokerUnreachable(TopicError):
+    """The broker turned the admin client away (wrong protocol, untrusted certificate, failed SASL login)."""
 
 
 def commands_topic(settings: Settings) -> str:
@@ -50,9 +55,15 @@ async def ensure_topics(settings: Settings, request_timeout: float = 60.0) -> No
     """Create missing source topics; check the partition count of existing ones."""
     service = settings.service
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=int(request_timeout * 1000)
+        bootstrap_servers=bootstrap_servers(settings),
+        request_timeout_ms=int(request_timeout * 1000),
+        **client_options(settings),
     )
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaConnectionError:
+        await admin.close()
+        raise BrokerUnreachable(await connect_problem(settings)) from None
     try:
         wanted = source_topics(settings)
         for name in wanted:
