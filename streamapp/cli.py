@@ -14,9 +14,21 @@ from streamapp.settings import ConfigError, Settings, config_path, load_settings
 log = logging.getLogger("streamapp")
 
 
-def _settings_or_exit() -> Settings:
+def _checked_settings() -> Settings:
+    """The configuration, its templates linted too (SPEC §2): ConfigError lists every issue."""
+    from streamapp.mail.template_lint import check_templates
+
+    settings = load_settings()
+    issues = check_templates(settings)
+    if issues:
+        raise ConfigError(issues)
+    return settings
+
+
+def _settings_or_exit(templates: bool = False) -> Settings:
+    """The configuration or exit 2; `templates`: a worker's start-up, so its templates are linted."""
     try:
-        return load_settings()
+        return _checked_settings() if templates else load_settings()
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"config error: {issue}", file=sys.stderr)
@@ -25,7 +37,7 @@ def _settings_or_exit() -> Settings:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings()
+        settings = _checked_settings()
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -42,14 +54,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from streamapp.worker import run_worker
 
-    return run_worker(_settings_or_exit(), args.loglevel)
+    return run_worker(_settings_or_exit(templates=True), args.loglevel)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Broker (unless one answers at service.broker) plus one worker, in the foreground."""
     from streamapp.devtools import kafka_broker
 
-    settings = _settings_or_exit()
+    settings = _settings_or_exit(templates=True)
     host, port = kafka_broker.parse_address(settings.service.broker)
     started_here = False
     if not kafka_broker.is_listening(host, port):

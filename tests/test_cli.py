@@ -52,3 +52,56 @@ def test_import_of_an_unknown_schema_is_refused(tmp_path: Path) -> None:
         "unknown import 'nope' (configured: crm, shop-purchases, triggers/password-reset, triggers/welcome, campaigns)"
         in run.stderr
     )
+
+
+TEMPLATE_CONFIG = """
+[[databases]]
+name = "members"
+[databases.attributes]
+firstname = "string"
+
+[[triggers]]
+name = "reset"
+database = "members"
+template = "reset"
+properties = { link = "string" }
+"""
+
+
+def template_config(tmp_path: Path, body: str) -> Path:
+    folder = tmp_path / "templates" / "reset"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("Hi {{ recipient.attributes.firstname | default('friend') }}")
+    (folder / "body.html").write_text(body)
+    config = tmp_path / "streamapp.toml"
+    config.write_text(TEMPLATE_CONFIG)
+    return config
+
+
+def test_check_config_passes_templates_that_use_declared_names(tmp_path: Path) -> None:
+    config = template_config(tmp_path, '<a href="{{ properties.link }}">{{ recipient.attributes.firstname }}</a>')
+    run = streamapp("check-config", config=config)
+    assert run.returncode == 0, run.stderr
+    assert "OK (1 database(s)" in run.stdout
+
+
+def test_check_config_names_file_line_and_name_of_every_unknown_name_in_a_template(tmp_path: Path) -> None:
+    body = "<p>{{ recipient.attributes.frstname }}</p>\n<a href='{{ properties.lnk }}'>\n{{ firstname }}</a>\n"
+    config = template_config(tmp_path, body)
+    run = streamapp("check-config", config=config)
+    assert run.returncode == 1
+    file = (tmp_path / "templates" / "reset" / "body.html").resolve()
+    assert run.stderr.splitlines() == [
+        f"{file}: line 1: attribute 'frstname' is not declared by database 'members' (used by trigger 'reset')",
+        f"{file}: line 2: property 'lnk' is not declared by trigger 'reset' (declared: link)",
+        f"{file}: line 3: unknown variable 'firstname' (known: history, message, properties, recipient)",
+        f"3 error(s) in {config}",
+    ]
+
+
+def test_worker_refuses_to_start_on_a_template_with_an_unknown_name(tmp_path: Path) -> None:
+    config = template_config(tmp_path, "<p>\n{{ recipient.attributes.frstname }}</p>")
+    run = streamapp("worker", config=config)
+    assert run.returncode == 2
+    file = (tmp_path / "templates" / "reset" / "body.html").resolve()
+    assert f"config error: {file}: line 2: attribute 'frstname' is not declared by database 'members'" in run.stderr

@@ -1,12 +1,22 @@
-"""Tests for streamapp.mail.templates: sandboxed, strict, compiled-once message templates."""
+"""Tests for streamapp.mail.templates: sandboxed, strict, bounded, compiled-once message templates."""
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
 
-from streamapp.mail.templates import RenderError, TemplateLoadError, TemplateStore, html_to_text
+from streamapp.mail.templates import (
+    RENDER_BYTES,
+    RENDER_SECONDS,
+    Declared,
+    RenderError,
+    TemplateLoadError,
+    TemplateStore,
+    html_to_text,
+)
 
 RECIPIENT = {"originalId": "C1001", "email": "ann@example.com", "attributes": {"firstname": "Åsa", "score": 7}}
 HISTORY = [{"type": "purchase", "sku": "SKU-1", "total": 199.0}, {"type": "purchase", "sku": "SKU-2", "total": 5.5}]
@@ -124,3 +134,98 @@ def test_templates_are_compiled_once_at_load(tmp_path: Path) -> None:
     (tmp_path / "t" / "body.html").write_text("v2")
     assert store.render("t", RECIPIENT, {}, []).html == "v1"
     assert store.names == {"t"}
+
+
+# --- declared names (SPEC §2) ----------------------------------------------------------------
+
+DECLARED = {"t": Declared(attributes=frozenset({"firstname", "zipcode"}), properties=frozenset({"coupon"}))}
+NO_NAME = {"originalId": "C2", "email": "bo@example.com", "attributes": {"zipcode": "41101"}}
+
+
+def test_a_declared_but_unset_attribute_renders_empty_and_default_replaces_it(tmp_path: Path) -> None:
+    write_template(
+        tmp_path,
+        "t",
+        subject_txt='Hello {{ recipient.attributes.firstname | default("friend") }}',
+        body_html="<p>[{{ recipient.attributes.firstname }}] {{ recipient.attributes.zipcode | d('x') }}</p>",
+        body_txt="{% if recipient.attributes.firstname %}named{% else %}anonymous{% endif %}\n",
+    )
+    out = TemplateStore.load(tmp_path, ["t"], DECLARED).render("t", NO_NAME, {}, [])
+    assert (out.subject, out.html, out.text) == ("Hello friend", "<p>[] 41101</p>", "anonymous")
+
+
+def test_default_keeps_falsy_values_unless_boolean(tmp_path: Path) -> None:
+    write_template(
+        tmp_path,
+        "t",
+        subject_txt="s",
+        body_html="{{ properties.n | default(7) }} {{ properties.e | default('-', true) }}",
+    )
+    out = TemplateStore.load(tmp_path, ["t"]).render("t", RECIPIENT, {"n": 0, "e": ""}, [])
+    assert out.html == "0 -"
+
+
+def test_a_declared_optional_property_is_none_when_not_sent(tmp_path: Path) -> None:
+    write_template(
+        tmp_path, "t", subject_txt="s", body_html="{% if properties.coupon %}C{% endif %}{{ properties.coupon }}."
+    )
+    store = TemplateStore.load(tmp_path, ["t"], DECLARED)
+    assert store.render("t", NO_NAME, {}, []).html == "."
+    assert store.render("t", NO_NAME, {"coupon": "X1"}, []).html == "CX1."
+
+
+def test_an_undeclared_attribute_still_fails_the_message_with_its_name(tmp_path: Path) -> None:
+    write_template(tmp_path, "t", subject_txt="s", body_html="<p>\n{{ recipient.attributes.frstname | upper }}</p>")
+    with pytest.raises(RenderError, match=r"^t/body.html line 2: 'frstname' is undefined$"):
+        TemplateStore.load(tmp_path, ["t"], DECLARED).render("t", NO_NAME, {}, [])
+
+
+def test_recipient_status_and_message_fields_render(tmp_path: Path) -> None:
+    write_template(tmp_path, "t", subject_txt="s", body_html="{{ recipient.status }} {{ message.messageId }}")
+    out = TemplateStore.load(tmp_path, ["t"]).render(
+        "t", {**RECIPIENT, "status": "active"}, {}, [], {"messageId": "m1"}
+    )
+    assert out.html == "active m1"
+
+
+def test_a_format_string_cannot_reach_internals(tmp_path: Path) -> None:
+    write_template(tmp_path, "t", subject_txt="s", body_html="{{ '{0.__class__}'.format(recipient) }}")
+    store = TemplateStore.load(tmp_path, ["t"])
+    with pytest.raises(RenderError, match=r"^t/body.html line 1: access to attribute '__class__' of 'dict'"):
+        store.render("t", RECIPIENT, {}, [])
+
+
+# --- render bounds ---------------------------------------------------------------------------
+
+
+def test_a_render_over_the_time_bound_fails_within_it(tmp_path: Path) -> None:
+    loops = "{% set xs = range(100000) | list %}{% for a in xs %}{% for b in xs %}{% endfor %}{% endfor %}"
+    write_template(tmp_path, "t", subject_txt="s", body_html=loops)
+    store = TemplateStore.load(tmp_path, ["t"])
+    started = time.perf_counter()
+    with pytest.raises(RenderError, match=r"^t/body.html line 1: rendering took over 1 s$"):
+        store.render("t", RECIPIENT, {}, [])
+    assert time.perf_counter() - started < RENDER_SECONDS + 0.5
+
+
+def test_a_render_over_the_size_bound_fails(tmp_path: Path) -> None:
+    write_template(
+        tmp_path, "t", subject_txt="s", body_html="{% for a in range(100000) %}{{ '0123456789' }}{% endfor %}"
+    )
+    with pytest.raises(RenderError, match=rf"^t/body.html: the rendered message is over {RENDER_BYTES:,} bytes$"):
+        TemplateStore.load(tmp_path, ["t"]).render("t", RECIPIENT, {}, [])
+
+
+@pytest.mark.parametrize(("expression", "operator"), [("'x' * 100000000", "'*'"), ("7 ** 100000000", "'**'")])
+def test_huge_products_are_refused_before_they_are_built(tmp_path: Path, expression: str, operator: str) -> None:
+    write_template(tmp_path, "t", subject_txt="s", body_html=f"{{{{ {expression} }}}}")
+    with pytest.raises(RenderError, match=rf"^t/body.html line 1: {re.escape(operator)} would build"):
+        TemplateStore.load(tmp_path, ["t"]).render("t", RECIPIENT, {}, [])
+
+
+def test_a_bound_fails_one_render_only(tmp_path: Path) -> None:
+    write_template(tmp_path, "t", subject_txt="s", body_html="{{ '-' * properties.n }}")
+    store = TemplateStore.load(tmp_path, ["t"])
+    with pytest.raises(RenderError):
+        store.render("t", RECIPIENT, {"n": 10**7}, [])
+    assert store.render("t", RECIPIENT, {"n": 3}, []).html == "---"
