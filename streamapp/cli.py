@@ -15,18 +15,19 @@ log = logging.getLogger("streamapp")
 
 
 def _checked_settings() -> Settings:
-    """The configuration, its templates linted too (SPEC §2): ConfigError lists every issue."""
+    """The configuration, templates linted and segments parsed too (SPEC §2, §9): ConfigError lists every issue."""
     from streamapp.mail.template_lint import check_templates
+    from streamapp.segments.config import check_segments
 
     settings = load_settings()
-    issues = check_templates(settings)
+    issues = check_templates(settings) + check_segments(settings)
     if issues:
         raise ConfigError(issues)
     return settings
 
 
 def _settings_or_exit(templates: bool = False) -> Settings:
-    """The configuration or exit 2; `templates`: a worker's start-up, so its templates are linted."""
+    """The configuration or exit 2; `templates`: a worker's start-up, so templates and segments are checked."""
     try:
         return _checked_settings() if templates else load_settings()
     except ConfigError as exc:

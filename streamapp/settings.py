@@ -255,6 +255,16 @@ class CampaignSettings:
 
 
 @dataclass(frozen=True)
+class SegmentSettings:
+    """A `[[segments]]` entry (SPEC §9). `definition` stays raw here: settings sits below
+    `streamapp.segments`, which parses it (`streamapp.segments.config.check_segments`)."""
+
+    name: str
+    database: str
+    definition: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Settings:
     path: Path
     service: ServiceSettings
@@ -265,6 +275,8 @@ class Settings:
     imports: tuple[ImportSettings, ...] = ()
     triggers: Mapping[str, TriggerSettings] = field(default_factory=dict)
     campaigns: Mapping[str, CampaignSettings] = field(default_factory=dict)
+    #: In configuration order: `segments[i]` of the file is `segments[i]` here.
+    segments: tuple[SegmentSettings, ...] = ()
 
     @property
     def templates_dir(self) -> Path:
@@ -973,6 +985,21 @@ def _check_reference(r: _Reader, place: str, what: str, name: str, known: Mappin
         r.error(place, f"unknown {what} {name!r} (defined: {', '.join(sorted(known)) or 'none'})")
 
 
+def _read_segments(r: _Reader, data: Any, databases: Mapping[str, DatabaseSettings]) -> tuple[SegmentSettings, ...]:
+    """Every `[[segments]]` entry, kept in order even when wrong (so `segments[i]` stays the file's i)."""
+    segments: list[SegmentSettings] = []
+    for i, item in enumerate(_array(r, data, "segments")):
+        with r.table(item, f"segments[{i}]") as t:
+            name = t.get("name", str, f"#{i}", _name_check)
+            database = t.get("database", str, "")
+            _check_reference(r, t.at("database"), "database", database, databases)
+            if any(s.name == name and s.database == database for s in segments):
+                r.error(t.at("name"), f"segment {name!r} of database {database!r} is defined twice")
+            definition = t.get("definition", dict)  # required: the issue is recorded, the entry kept
+            segments.append(SegmentSettings(name, database, definition if isinstance(definition, dict) else {}))
+    return tuple(segments)
+
+
 def _array(r: _Reader, data: Any, place: str) -> list[Any]:
     if data is None:
         return []
@@ -986,7 +1013,7 @@ def _array(r: _Reader, data: Any, place: str) -> list[Any]:
 # Entry points.
 # --------------------------------------------------------------------------
 
-TOP_LEVEL = ("service", "smtp", "tokens", "databases", "history_types", "imports", "triggers", "campaigns")
+TOP_LEVEL = ("service", "smtp", "tokens", "databases", "history_types", "imports", "triggers", "campaigns", "segments")
 
 
 def config_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -1037,6 +1064,7 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
         imports=_read_imports(r, raw.get("imports"), databases, history_types),
         triggers=triggers,
         campaigns=campaigns,
+        segments=_read_segments(r, raw.get("segments"), databases),
     )
 
 

@@ -518,3 +518,51 @@ def test_kafka_tls_files_are_loaded_at_check_time(tmp_path: Path) -> None:
     assert len(found) == 1 and found[0].startswith(
         f"service.kafka_cert_file: cannot load the certificate {cert} and"
     ), found
+
+
+SEGMENT_DATABASE = '[[databases]]\nname = "members"\n[databases.attributes]\nscore = "int"\n'
+
+
+def test_segments_keep_name_database_and_the_raw_definition(tmp_path: Path) -> None:
+    text = (
+        SEGMENT_DATABASE
+        + '[[segments]]\nname = "high"\ndatabase = "members"\n'
+        + 'definition = { attribute = "score", op = "gte", value = 10 }\n'
+        + '[[segments]]\nname = "recent"\ndatabase = "members"\n'
+        + '[segments.definition]\nall = [{ history = "purchase", within = "P30D" }, { segment = "high" }]\n'
+    )
+    settings = load_settings(write(tmp_path, text), {})
+    assert [(s.name, s.database) for s in settings.segments] == [("high", "members"), ("recent", "members")]
+    assert settings.segments[0].definition == {"attribute": "score", "op": "gte", "value": 10}
+    assert settings.segments[1].definition == {"all": [{"history": "purchase", "within": "P30D"}, {"segment": "high"}]}
+    assert load_settings(write(tmp_path, "[service]\n"), {}).segments == ()
+
+
+def test_segment_entries_are_checked_with_their_place(tmp_path: Path) -> None:
+    text = (
+        SEGMENT_DATABASE
+        + '[[segments]]\nname = "a b"\ndatabase = "nowhere"\ndefinition = { segment = "x" }\ncolour = 1\n'
+        + '[[segments]]\nname = "high"\ndatabase = "members"\n'
+        + '[[segments]]\nname = "twice"\ndatabase = "members"\ndefinition = "score > 1"\n'
+        + '[[segments]]\nname = "twice"\ndatabase = "members"\ndefinition = { segment = "high" }\n'
+    )
+    assert issues_of(write(tmp_path, text)) == [
+        "segments[0].name: must match [A-Za-z0-9_-]{1,64}",
+        "segments[0].database: unknown database 'nowhere' (defined: members)",
+        "segments[0].colour: unknown key",
+        "segments[1].definition: required key is missing",
+        "segments[2].definition: expected a table, got a string",
+        "segments[3].name: segment 'twice' of database 'members' is defined twice",
+    ]
+
+
+def test_the_same_segment_name_in_two_databases_is_fine(tmp_path: Path) -> None:
+    text = (
+        SEGMENT_DATABASE
+        + '[[databases]]\nname = "other"\n'
+        + "".join(
+            f'[[segments]]\nname = "all"\ndatabase = "{db}"\ndefinition = {{ attribute = "status", op = "eq", value = "active" }}\n'
+            for db in ("members", "other")
+        )
+    )
+    assert [s.database for s in load_settings(write(tmp_path, text), {}).segments] == ["members", "other"]
