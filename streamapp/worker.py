@@ -16,6 +16,7 @@ from streamapp.agents import sending as sending_agents
 from streamapp.http.server import ApiServer
 from streamapp.kafka.topics import TopicError, ensure_topics_sync
 from streamapp.runtime import StreamApp, create_runtime
+from streamapp.sending.retention import RetentionStores, RetentionSweeper
 from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ def services(sa: StreamApp, dev_sink: bool = False) -> list[Service]:
         running.append(DropWatcher(settings))
     if sa.sending is not None:
         running.append(sa.sending.engine)
+        stores = RetentionStores(sa.sending.engine.ledger, sa.batches, sa.sending.idempotency)
+        running.append(RetentionSweeper(settings, sa.kafka, stores))
     if dev_sink:
         from streamapp.devtools.devsink import DevSink
 

@@ -9,28 +9,47 @@ A batch id (trigger batch, campaign) has the same shape with 8 random hex digits
 the partition of the `batches` table that holds its BatchInfo. Its messages' ids are the
 recipient's partition, the batch id and the row number (8 hex digits), so all ledger rows of a
 batch in one partition are one key range: counting them is a prefix scan.
+
+Ids the API issues end in a tag (8 hex digits): an HMAC, with the deployment's key ring
+(`[service] secret_file`), of the id, its database and its priority. A worker asked for a message
+that has no ledger row yet tells an id that was issued (`queued`: SPEC §3, never 404 after a 202)
+from one that never was (404) by the tag alone, with no record written before the 202. 32 bits
+are enough: a forged id gains nothing but the answer `queued` for a message that does not exist.
+Ids without a tag (made before tags existed, or by tests and benchmarks) are still valid ids.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from streamapp.core.keys import partition_for, recipient_key
 
-_ID = re.compile(r"(\d{4})(?:[0-9a-f]{28}|\d{4}[0-9a-f]{28})")
+_ID = re.compile(r"(\d{4})(?:[0-9a-f]{28}|\d{4}[0-9a-f]{28})(?:[0-9a-f]{8})?")
 _BATCH_ID = re.compile(r"(\d{4})[0-9a-f]{20}")
+#: Lengths of the ids with a tag: a single message's and a batch row's (those without are 32 and 36).
+SINGLE_SIGNED, BATCH_SIGNED = 40, 44
+TAG_HEX = 8
+_TAG_CONTEXT = b"streamapp-message-id\0"
 
 
 def new_message_id(partition: int, now: float | None = None) -> str:
+    """An id without a tag (tests, benchmarks): valid, but `queued` only once a worker recorded it."""
     millis = int((time.time() if now is None else now) * 1000)
     return f"{partition:04d}{millis:012x}{secrets.token_hex(8)}"
 
 
-def message_id_for(database: str, original_id: str, partitions: int) -> str:
-    """A new id for a message to this recipient."""
-    return new_message_id(partition_for(recipient_key(database, original_id), partitions))
+def message_id_for(
+    database: str, original_id: str, partitions: int, key: bytes | None = None, priority: str = "transactional"
+) -> str:
+    """A new id for a message to this recipient, tagged with `key` (the signing key) when given."""
+    unsigned = new_message_id(partition_for(recipient_key(database, original_id), partitions))
+    return unsigned if key is None else unsigned + _tag(key, unsigned, database, priority)
 
 
 def partition_of(message_id: str) -> int | None:
@@ -52,11 +71,47 @@ def batch_partition(batch_id: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def batch_message_id(partition: int, batch_id: str, row: int) -> str:
-    """The id of row `row` of a batch, for a recipient on `partition`."""
-    return f"{partition:04d}{batch_id}{row:08x}"
+def batch_time(batch_id: str) -> float | None:
+    """When a well-formed batch id was made (Unix seconds); None for anything else."""
+    return int(batch_id[4:16], 16) / 1000 if _BATCH_ID.fullmatch(batch_id) else None
+
+
+def batch_message_id(
+    partition: int, batch_id: str, row: int, key: bytes | None = None, database: str = "", priority: str = ""
+) -> str:
+    """The id of row `row` of a batch, for a recipient on `partition`; tagged with `key` when given."""
+    unsigned = f"{partition:04d}{batch_id}{row:08x}"
+    return unsigned if key is None else unsigned + _tag(key, unsigned, database, priority)
 
 
 def batch_prefix(partition: int, batch_id: str) -> bytes:
     """The ledger key prefix of a batch's messages on `partition`."""
     return f"{partition:04d}{batch_id}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """What a tagged id was issued for, and when (Unix seconds: the message's, or its batch's)."""
+
+    database: str
+    priority: str
+    at: float
+
+
+def issued(message_id: str, keys: Iterable[bytes], candidates: Iterable[tuple[str, str]]) -> Issued | None:
+    """What the API issued `message_id` for, among the (database, priority) `candidates`; None for
+    an id without a valid tag (forged, altered, untagged, or signed with a key no longer in `keys`)."""
+    if partition_of(message_id) is None or len(message_id) not in (SINGLE_SIGNED, BATCH_SIGNED):
+        return None
+    unsigned, tag = message_id[:-TAG_HEX], message_id[-TAG_HEX:]
+    at = int(unsigned[4:16] if len(message_id) == SINGLE_SIGNED else unsigned[8:20], 16) / 1000
+    keys = list(keys)
+    for database, priority in candidates:
+        if any(hmac.compare_digest(tag, _tag(key, unsigned, database, priority)) for key in keys):
+            return Issued(database, priority, at)
+    return None
+
+
+def _tag(key: bytes, unsigned: str, database: str, priority: str) -> str:
+    data = _TAG_CONTEXT + f"{unsigned}\0{database}\0{priority}".encode()
+    return hmac.digest(key, data, hashlib.sha256)[: TAG_HEX // 2].hex()

@@ -76,6 +76,9 @@ class UpsertRecipient(msgspec.Struct, tag="upsert", kw_only=True, omit_defaults=
     emailIfNew: str | None = None
     #: Trigger messages without saveProps: create an unknown recipient, change nothing else.
     createOnly: bool = False
+    #: Unsubscribe links: change an existing recipient only; an absent one (erased, or never created)
+    #: stays absent. Checked where the command is applied, so no erase can slip in between.
+    ifExists: bool = False
 
 
 class SweepInactive(msgspec.Struct, tag="sweep", kw_only=True):
@@ -100,6 +103,14 @@ class AppendHistory(msgspec.Struct, tag="history", kw_only=True):
     database: str
     originalId: str
     records: list[HistoryRecord]
+
+
+class EraseIdempotency(msgspec.Struct, tag="eraseidem", kw_only=True):
+    """Erase a recipient's idempotency records kept in one partition (SPEC §3): the API sends it to
+    every partition with the recipient's DeleteRecipient, since a record lives in its key's partition."""
+
+    database: str
+    originalId: str
 
 
 class SoftBounce(msgspec.Struct, tag="softbounce", kw_only=True):
@@ -154,7 +165,7 @@ class BatchInfo(msgspec.Struct, tag="batch", kw_only=True, omit_defaults=True):
 
 
 RecipientCommand = UpsertRecipient | DeleteRecipient | AppendHistory | SoftBounce
-Command = RecipientCommand | SweepInactive | BatchInfo
+Command = RecipientCommand | SweepInactive | BatchInfo | EraseIdempotency
 
 
 class CommandBatch(msgspec.Struct):

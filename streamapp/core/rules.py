@@ -44,6 +44,14 @@ def apply_upsert(current: Recipient | None, command: UpsertRecipient, seq: int =
     return msgspec.structs.replace(current, **changes)
 
 
+def upsert_or_skip(current: Recipient | None, command: UpsertRecipient, seq: int = 0) -> Recipient | None:
+    """`apply_upsert`, except that an `ifExists` command (an unsubscribe link) leaves an absent recipient
+    absent (None): an erased recipient is never brought back by a link in a mail it was sent earlier."""
+    if current is None and command.ifExists:
+        return None
+    return apply_upsert(current, command, seq)
+
+
 def _new_recipient(command: UpsertRecipient, seq: int) -> Recipient:
     """The common case of a bulk import, built in one step (no merge, no copy)."""
     attributes = command.attributes

@@ -75,7 +75,8 @@ def read_token(keys: KeyRing, token: str, *, now: datetime | None = None) -> Uns
 
 
 def unsubscribe_keys(settings: Settings) -> KeyRing:
-    """The deployment's keys; without `[service] secret_file`, `<data_dir>/unsubscribe.key`.
+    """The deployment's keys (unsubscribe tokens, message id tags: streamapp.core.ids); without
+    `[service] secret_file`, `<data_dir>/unsubscribe.key`.
 
     Settings refuse a worker off loopback without secret_file, so the per-data-dir key is
     development's only: one worker, or links that only the worker that sent them accepts.

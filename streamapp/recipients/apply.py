@@ -24,24 +24,28 @@ from dataclasses import dataclass
 import msgspec
 
 from streamapp import metrics
+from streamapp.core import clock
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import (
     AppendHistory,
     BatchInfo,
     Command,
     DeleteRecipient,
+    EraseIdempotency,
     HistoryRecord,
     Recipient,
     SoftBounce,
     SweepInactive,
     UpsertRecipient,
     decode_history,
+    decode_idempotency,
     decode_recipient,
     encode,
 )
-from streamapp.core.rules import append_history, apply_soft_bounce, apply_upsert, fit_history, sweep_inactive
+from streamapp.core.rules import append_history, apply_soft_bounce, fit_history, sweep_inactive, upsert_or_skip
 from streamapp.core.validation import MAX_ATTRIBUTES, MAX_HISTORY_RECORD_BYTES, MAX_RECORD_BYTES
 from streamapp.kafka.store import PartitionTransaction, RecordTooLarge, Store
+from streamapp.tables.idempotency import SCRUB, erased_key, index_prefix, indexed_record
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +61,29 @@ class Oversize(Exception):
 
 @dataclass(slots=True)
 class Chunks:
-    """The tables one event writes, for its partition."""
+    """The tables one event writes, for its partition; `idempotency` only where the worker sends (the
+    ledger and the idempotency table exist only there)."""
 
     recipients: PartitionTransaction
     history: PartitionTransaction
     batches: PartitionTransaction
+    idempotency: PartitionTransaction | None = None
 
     @classmethod
-    def open(cls, recipients: Store, history: Store, batches: Store, partition: int) -> Chunks:
-        return cls(recipients.transaction(partition), history.transaction(partition), batches.transaction(partition))
+    def open(
+        cls, recipients: Store, history: Store, batches: Store, partition: int, idempotency: Store | None = None
+    ) -> Chunks:
+        return cls(
+            recipients.transaction(partition),
+            history.transaction(partition),
+            batches.transaction(partition),
+            idempotency.transaction(partition) if idempotency is not None else None,
+        )
 
     async def flush(self) -> None:
-        for chunk in (self.recipients, self.history, self.batches):
-            await chunk.flush()
+        for chunk in (self.recipients, self.history, self.batches, self.idempotency):
+            if chunk is not None:
+                await chunk.flush()
 
 
 def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
@@ -85,12 +99,16 @@ def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
     if isinstance(command, BatchInfo):
         chunks.batches.set(command.batchId.encode(), encode(command))
         return
+    if isinstance(command, EraseIdempotency):
+        if chunks.idempotency is not None:
+            erase_idempotency(chunks.idempotency, command)
+        return
     key = recipient_key(command.database, command.originalId)
     if isinstance(command, UpsertRecipient):
         raw = recipients.get(key)
         current = decode_recipient(raw) if raw is not None else None
-        updated = apply_upsert(current, command, seq)
-        if updated is not current:
+        updated = upsert_or_skip(current, command, seq)
+        if updated is not None and updated is not current:
             recipients.set(key, encode_row(updated, current, len(raw or b""), command))
     elif isinstance(command, SoftBounce):
         raw = recipients.get(key)
@@ -100,6 +118,10 @@ def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
     elif isinstance(command, DeleteRecipient):
         recipients.set(key, None)
         history.set(key, None)
+        if chunks.idempotency is not None:  # the recipient's ledger rows are scrubbed (streamapp.sending.retention)
+            now = clock.now_iso().encode()
+            chunks.idempotency.set(erased_key(key), now)
+            chunks.idempotency.set(SCRUB, now)
     elif isinstance(command, AppendHistory):
         raw = history.get(key)
         history.set(key, encode_history(decode_history(raw) if raw is not None else [], command))
@@ -151,6 +173,19 @@ def encode_history(current: list[HistoryRecord], command: AppendHistory) -> byte
         command.database, command.originalId, len(merged) - len(kept), MAX_RECORD_BYTES,
     )  # fmt: skip
     return encode(kept)
+
+
+def erase_idempotency(records: PartitionTransaction, command: EraseIdempotency) -> None:
+    """Delete the recipient's records found through its index rows (a record written for another
+    recipient since, under the same key, stays), and the index rows."""
+    for index, _ in list(records.scan(index_prefix(recipient_key(command.database, command.originalId)))):
+        record_key = indexed_record(index)
+        raw = records.get(record_key)
+        if raw is not None:
+            upsert = decode_idempotency(raw).upsert
+            if (upsert.database, upsert.originalId) == (command.database, command.originalId):
+                records.set(record_key, None)
+        records.set(index, None)
 
 
 def sweep(recipients: PartitionTransaction, command: SweepInactive, seq: int) -> None:

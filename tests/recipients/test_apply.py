@@ -14,8 +14,11 @@ from streamapp.core.models import (
     BatchInfo,
     Command,
     DeleteRecipient,
+    EraseIdempotency,
     HistoryRecord,
+    IdempotencyRecord,
     Recipient,
+    SendMessage,
     SoftBounce,
     SweepInactive,
     UpsertRecipient,
@@ -26,6 +29,7 @@ from streamapp.core.models import (
 )
 from streamapp.kafka.store import check_record
 from streamapp.recipients.apply import Chunks, apply_all
+from streamapp.tables.idempotency import SCRUB, erased_key, index_key, index_prefix
 
 
 class MemoryTransaction:
@@ -198,3 +202,51 @@ def test_what_the_store_refuses_is_skipped_as_oversize() -> None:
     bounce = SoftBounce(database="members", originalId="L", at="2026-12-01T00:00:01", action="inc")
     result = apply_all(c, [bounce, upsert("B", "2026-12-01T00:00:02")], offset=1)
     assert (result.failed, result.oversize) == (0, 1) and recipient(c, "B") is not None
+
+
+# -- erasure (SPEC §3): an unsubscribe link never recreates; the recipient's idempotency records go ---------
+
+
+def test_an_unsubscribe_link_changes_an_existing_recipient_and_never_creates_one() -> None:
+    c = chunks()
+    link = {"status": "unsubscribed", "ifExists": True}
+    apply_all(c, [upsert("gone", "2026-12-01T00:00:01", **link)], offset=1)
+    assert recipient(c, "gone") is None and c.recipients.rows == {}  # type: ignore[attr-defined]
+    apply_all(c, [upsert("here", "2026-12-01T00:00:01"), upsert("here", "2026-12-01T00:00:02", **link)], offset=2)
+    assert recipient(c, "here").status == "unsubscribed"  # type: ignore[attr-defined]
+    apply_all(c, [DeleteRecipient(database="members", originalId="here")], offset=3)
+    apply_all(c, [upsert("here", "2026-12-01T00:00:03", **link)], offset=4)  # a link in a mail sent before the erase
+    assert recipient(c, "here") is None
+
+
+def keyed_record(original_id: str, key: bytes) -> tuple[bytes, bytes]:
+    """An idempotency record of `original_id` and its index row, as IdempotencyKeys.put writes them."""
+    at = "2026-12-01T00:00:00.000+00:00"
+    message = SendMessage(messageId="m", database="members", originalId=original_id, priority="transactional",
+                          template="welcome", enqueuedAt=at)  # fmt: skip
+    value = IdempotencyRecord(
+        bodyHash="h", messageId="m", createdAt=at, upsert=upsert(original_id, at), message=message
+    )
+    return index_key(recipient_key("members", original_id), key), encode(value)
+
+
+def test_an_erase_removes_the_recipients_idempotency_records_and_marks_its_ledger_rows() -> None:
+    c = Chunks(MemoryTransaction(), MemoryTransaction(), MemoryTransaction(), MemoryTransaction())  # type: ignore[arg-type]
+    idempotency = c.idempotency
+    assert idempotency is not None
+    for original_id, key in (("ann", b"k1"), ("ann", b"k2"), ("bo", b"k3"), ("ann", b"k4"), ("bo", b"k4")):
+        index, value = keyed_record(original_id, key)
+        idempotency.set(index, b"2026-12-01T00:00:00.000+00:00")
+        idempotency.set(key, value)  # k4: ann's record, replaced by bo's (the same key a day later)
+    erase = [
+        DeleteRecipient(database="members", originalId="ann"),
+        EraseIdempotency(database="members", originalId="ann"),
+    ]
+    assert apply_all(c, erase, offset=1).skipped == 0  # type: ignore[arg-type]
+    rows = idempotency.rows  # type: ignore[attr-defined]
+    assert not any(k in rows for k in (b"k1", b"k2")) and {b"k3", b"k4"} <= rows.keys()
+    assert not list(idempotency.scan(index_prefix(recipient_key("members", "ann"))))
+    assert len(list(idempotency.scan(index_prefix(recipient_key("members", "bo"))))) == 2
+    assert erased_key(recipient_key("members", "ann")) in rows and SCRUB in rows  # the ledger is scrubbed from these
+    longer = index_key(recipient_key("members", "annika"), b"k5")  # not found by ann's prefix
+    assert not longer.startswith(index_prefix(recipient_key("members", "ann")))

@@ -1,10 +1,14 @@
 """`GET /u/{token}` (a confirmation page) and `POST /u/{token}` (RFC 8058 one-click unsubscribe).
 
-No authentication: the HMAC token is the authority (streamapp.mail.unsubscribe). A forged or
-altered token is 404 and changes nothing. The POST answers 200 with a short page, never a
-redirect (RFC 8058 §3.2: mail providers POST `List-Unsubscribe=One-Click` and follow nothing),
-once Kafka acknowledged the `unsubscribed` upsert of the recipient. The GET page changes
-nothing (link scanners prefetch GETs); its button POSTs to the same URL.
+No authentication: the HMAC token is the authority (streamapp.mail.unsubscribe). A forged,
+altered or expired (older than 90 days) token is 404 and changes nothing. The POST answers 200
+with a short page, never a redirect (RFC 8058 §3.2: mail providers POST
+`List-Unsubscribe=One-Click` and follow nothing), once Kafka acknowledged the `unsubscribed`
+upsert of the recipient. That upsert is `ifExists`: applied by the owner of the recipient's
+partition only to a recipient that exists there then, so a link in an old mail never brings back
+an erased recipient. The answer is the same either way: the page tells no one whether the
+recipient exists. The GET page changes nothing (link scanners prefetch GETs); its button POSTs
+to the same URL.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class UnsubscribeRoutes:
     def _target(self, request: web.Request) -> UnsubscribeTarget:
         target = read_token(self.secret, request.match_info["token"])
         if target is None:
-            raise web.HTTPNotFound(text="unknown unsubscribe link")
+            raise web.HTTPNotFound(text="unknown or expired unsubscribe link")
         return target
 
     async def confirm_page(self, request: web.Request) -> web.Response:
@@ -60,7 +64,11 @@ class UnsubscribeRoutes:
     async def unsubscribe(self, request: web.Request) -> web.Response:
         target = self._target(request)
         command = UpsertRecipient(
-            database=target.database, originalId=target.original_id, at=clock.now_iso(), status="unsubscribed"
+            database=target.database,
+            originalId=target.original_id,
+            at=clock.now_iso(),
+            status="unsubscribed",
+            ifExists=True,
         )
         await self.publish([command])
         return _page("Unsubscribed", "<p>You will not receive these e-mails any more.</p>")
