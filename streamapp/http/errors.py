@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,8 +11,12 @@ from aiohttp import web
 
 from streamapp.core.validation import FieldError
 
+log = logging.getLogger(__name__)
+
 #: Details listed in one answer; a 10,000-row body can have more bad fields.
 MAX_DETAILS = 1000
+#: The whole of a 503's body: why is logged, never sent (it can name workers, partitions, exceptions).
+UNAVAILABLE = "temporarily unavailable (worker starting or rebalancing): retry after Retry-After seconds"
 
 
 class ApiError(Exception):
@@ -51,5 +56,8 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, f"{what} not found")
 
 
-def unavailable(reason: str) -> ApiError:
-    return ApiError(503, reason, headers={"Retry-After": "1"})
+def unavailable(reason: str, hint: str | None = None) -> ApiError:
+    """503 with the generic UNAVAILABLE and, if given, a `hint` safe for clients (e.g. a batch to check);
+    `reason` goes to the operators' log only."""
+    log.info("503 answered: %s", reason)
+    return ApiError(503, f"{UNAVAILABLE}; {hint}" if hint else UNAVAILABLE, headers={"Retry-After": "1"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from streamapp.http.routing import CSV, FORM, HTML, JSON, NDJSON, TEXT, Body, Content, Param, Reply, Route, error
+from streamapp.http.routing import CSV, FORM, HTML, JSON, NDJSON, TEXT, AnyOf, Body, Content, Param, Reply, Route, error
 from streamapp.http.routing import json_reply as answer
 from streamapp.http.schemas import (
     Accepted,
@@ -25,21 +25,24 @@ from streamapp.http.schemas import (
     HistoryBatch,
     HistoryRecordIn,
     IdempotencyKey,
+    ItemId,
     MessageAccepted,
     MessageView,
     OriginalId,
+    PartitionCounts,
     RecipientBatch,
     RecipientBatchItem,
     RecipientUpdate,
     RecipientView,
     TriggerMessage,
+    UnsubscribeToken,
 )
 from streamapp.settings import Settings
 
 DB = Param("db", "path", "DatabaseName")
 ORIGINAL_ID = Param("originalId", "path", OriginalId)
-TRIGGER = Param("trigger", "path", str)
-CAMPAIGN = Param("campaign", "path", str)
+TRIGGER = Param("trigger", "path", "TriggerName")
+CAMPAIGN = Param("campaign", "path", "CampaignName")
 ONE_PER_LINE = "one JSON object per line"
 CSV_ROWS = "header row: originalId, email, attribute names; delimiter , ; tab or |"
 ACCEPTED = "Accepted: acknowledged by Kafka, applied asynchronously"
@@ -131,17 +134,18 @@ def send_routes() -> list[Route]:
               "Send campaign: each row updates its recipient and gets the campaign", "send", batch_accepted,
               errors=send_errors, body=rows, params=(CAMPAIGN, send_time), tags=("sending",)),
         Route("GET", "/api/v1/batches/{batchId}", "getBatch", "A batch's counts; they converge to the total", "send",
-              answer(200, "counts", BatchStatus), errors=(401, 403, 404, 422, 503),
-              params=(Param("batchId", "path", str), partitions), tags=("sending",)),
+              answer(200, "counts (PartitionCounts with `partitions`)", AnyOf((BatchStatus, PartitionCounts))),
+              errors=(401, 403, 404, 422, 503),
+              params=(Param("batchId", "path", ItemId), partitions), tags=("sending",)),
         Route("GET", "/api/v1/messages/{messageId}", "getMessage", "A message's status", "send",
               answer(200, "the ledger row", MessageView), errors=(401, 403, 404, 503),
-              params=(Param("messageId", "path", str),), tags=("sending",)),
+              params=(Param("messageId", "path", ItemId),), tags=("sending",)),
     ]  # fmt: skip
 
 
 def unsubscribe_routes() -> list[Route]:
     """The unsubscribe page and RFC 8058 one-click unsubscribe (streamapp.http.routes.unsubscribe)."""
-    token = Param("token", "path", str, "HMAC token from the message's List-Unsubscribe link")
+    token = Param("token", "path", UnsubscribeToken, "HMAC token from the message's List-Unsubscribe link")
     unknown = error(404, "unknown token")
     one_click = Body(
         (Content(FORM, {"type": "object", "properties": {"List-Unsubscribe": {"const": "One-Click"}}}),),

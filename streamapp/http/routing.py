@@ -27,8 +27,15 @@ TEXT = "text/plain"
 FORM = "application/x-www-form-urlencoded"
 
 #: A schema: a type msgspec describes (a Struct becomes a component), the name of a component
-#: from `dynamic_components` (a str), a literal JSON schema (a Mapping), or None (no schema).
+#: from `dynamic_components` (a str), a literal JSON schema (a Mapping), AnyOf, or None (no schema).
 Schema = Any
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """A value of one of `choices`: msgspec cannot describe a union of Structs without tags."""
+
+    choices: tuple[Schema, ...]
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,7 @@ class _SchemaTable:
 
     def __init__(self, sources: list[Schema]) -> None:
         self.types: list[Any] = []
-        for source in sources:
+        for source in _flat(sources):
             if source is not None and not isinstance(source, str | Mapping) and source not in self.types:
                 self.types.append(source)
         schemas, self._components = msgspec.json.schema_components(self.types, ref_template=REF_TEMPLATE)
@@ -186,6 +193,8 @@ class _SchemaTable:
             return {"$ref": REF_TEMPLATE.format(name=source)}
         if isinstance(source, Mapping):
             return dict(source)
+        if isinstance(source, AnyOf):
+            return {"anyOf": [self.schema(choice) or {} for choice in source.choices]}
         return dict(self._schemas[self.types.index(source)])
 
     def components(self, dynamic: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +202,14 @@ class _SchemaTable:
         if clash:
             raise ValueError(f"component names used by a model and by the configuration: {sorted(clash)}")
         return {**self._components, **dynamic}
+
+
+def _flat(sources: Iterable[Schema]) -> Iterable[Schema]:
+    for source in sources:
+        if isinstance(source, AnyOf):
+            yield from _flat(source.choices)
+        else:
+            yield source
 
 
 # -- operations ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ per database by `database_checks`; `dynamic_components` describes the configured
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
@@ -40,6 +41,7 @@ from streamapp.core.models import (
     UpsertRecipient,
 )
 from streamapp.core.validation import (
+    CONTROL_PATTERN,
     MAX_ATTRIBUTES,
     MAX_DEPTH,
     MAX_EMAIL,
@@ -56,7 +58,7 @@ from streamapp.core.validation import (
     parse_datetime,
 )
 from streamapp.http.validate import Check, pointer
-from streamapp.settings import AttributeType, DatabaseSettings, Settings
+from streamapp.settings import NAME_RE, AttributeType, DatabaseSettings, Settings
 
 #: Where msgspec puts the components it generates, and where the dynamic ones are referenced.
 REF_TEMPLATE = "#/components/schemas/{name}"
@@ -105,11 +107,20 @@ Email = Annotated[
 ]
 NullableEmail = Annotated[Email | None, Meta(description="null clears the address")]
 _TEXT = "at most 64 KiB in UTF-8; no control characters but tab and line breaks"
+#: What check_text refuses besides the size (core.validation.CONTROL_PATTERN), for the document only: the
+#: check stays the one that decides (and also refuses lone surrogates, which JSON text can escape).
+TEXT_PATTERN = f"^[^{CONTROL_PATTERN.removeprefix('[').removesuffix(']')}]*$"
+_TEXT_SCHEMA = {"pattern": TEXT_PATTERN}
 #: A string value (SPEC §3). maxLength counts characters, a bound of the bytes the check counts.
-Text = Annotated[str, Meta(max_length=MAX_STRING_BYTES, description=_TEXT, extra={"check": CHECK_TEXT})]
+Text = Annotated[
+    str,
+    Meta(max_length=MAX_STRING_BYTES, description=_TEXT, extra_json_schema=_TEXT_SCHEMA, extra={"check": CHECK_TEXT}),
+]
+#: Characters of an ISO 8601 date-time: `2026-12-01T08:00:00.123456+01:00` has 32.
+MAX_DATETIME = 64
 #: ISO 8601; without an offset, in `service.timezone`. Checked (and made UTC) by CHECK_DATETIME.
 DateTimeText = Annotated[
-    str, Meta(max_length=MAX_STRING_BYTES, extra_json_schema={"format": "date-time"}, extra={"check": CHECK_DATETIME})
+    str, Meta(max_length=MAX_DATETIME, extra_json_schema={"format": "date-time"}, extra={"check": CHECK_DATETIME})
 ]
 HistoryTypeName = Annotated[str, Meta(extra_json_schema=ref("HistoryType"), extra={"check": CHECK_HISTORY_TYPE})]
 #: What an attribute value can be, whatever its type: a JSON scalar (check_attributes types it).
@@ -132,6 +143,12 @@ Properties = Annotated[
     ),
 ]
 IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)]
+#: Path parameters naming a message or a batch (streamapp.core.ids: 40 or 44, and 24 characters);
+#: longer is no such item (404). Bounded so that a request line stays within aiohttp's 8,190 bytes.
+MAX_ITEM_ID = 64
+ItemId = Annotated[str, Meta(min_length=1, max_length=MAX_ITEM_ID)]
+#: An unsubscribe token (streamapp.mail.unsubscribe: URL-safe base64, at most 4,096 characters).
+UnsubscribeToken = Annotated[str, Meta(min_length=1, max_length=4096, pattern="^[A-Za-z0-9_-]+$")]
 CustomField = Annotated[
     Literal[
         "custom1", "custom2", "custom3", "custom4", "custom5", "custom6", "custom7", "custom8", "custom9",
@@ -220,9 +237,7 @@ class Error(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     error: str
     details: list[ErrorDetail] | UnsetType = UNSET
-    detailsTruncated: (
-        Annotated[bool, Meta(description="there are more bad fields than the 1,000 listed")] | UnsetType
-    ) = UNSET
+    detailsOmitted: Annotated[int, Meta(description="bad fields found past the 1,000 listed")] | UnsetType = UNSET
 
 
 class Accepted(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -305,7 +320,14 @@ def _field_spec(f: msgspec.structs.FieldInfo) -> tuple[Any, ...]:
 
 RecipientView = _view("Recipient", Recipient, "A recipient as stored.", drop=("seq",))
 HistoryRecordView = _view("HistoryRecord", HistoryRecord, "One activity record; a negative quantity is a credit.")
-MessageView = _view("Message", MessageState, "A message's ledger row.", drop=("command",))
+MessageView = _view(
+    "Message",
+    MessageState,
+    "A message's ledger row; while `queued` (no worker processed it yet) it has no `originalId`, and an erased"
+    " recipient's rows keep an empty one.",
+    drop=("command", "originalId"),
+    add=(("originalId", str | None, None),),
+)
 BatchStatus = _view(
     "BatchStatus",
     BatchInfo,
@@ -333,7 +355,8 @@ MODELS: tuple[Any, ...] = (
 
 #: The value of an attribute of each type, for the document (check_attributes decides); null clears it.
 ATTRIBUTE_VALUES: dict[AttributeType, Any] = {
-    "string": Annotated[str, Meta(max_length=MAX_STRING_BYTES, description=_TEXT)] | None,
+    "string": Annotated[str, Meta(max_length=MAX_STRING_BYTES, description=_TEXT, extra_json_schema=_TEXT_SCHEMA)]
+    | None,
     "int": Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None,
     "float": float | None,
     "bool": bool | None,
@@ -341,7 +364,12 @@ ATTRIBUTE_VALUES: dict[AttributeType, Any] = {
     "datetime": Annotated[str, Meta(extra_json_schema={"format": "date-time"})] | None,
 }
 #: An auto-created attribute: any JSON scalar, stored as text.
-AUTO_ATTRIBUTE: Any = Annotated[str, Meta(max_length=MAX_STRING_BYTES, description=_TEXT)] | float | bool | None
+AUTO_ATTRIBUTE: Any = (
+    Annotated[str, Meta(max_length=MAX_STRING_BYTES, description=_TEXT, extra_json_schema=_TEXT_SCHEMA)]
+    | float
+    | bool
+    | None
+)
 
 
 def dynamic_components(settings: Settings) -> dict[str, Any]:
@@ -349,11 +377,19 @@ def dynamic_components(settings: Settings) -> dict[str, Any]:
     per_database = {f"Attributes.{name}": _attributes_schema(db) for name, db in settings.databases.items()}
     attributes = {"anyOf": [ref(name) for name in per_database]} if per_database else {"type": "object"}
     return {
-        "DatabaseName": {"type": "string", "enum": list(settings.databases)},
+        "DatabaseName": _names(settings.databases),
+        "TriggerName": _names(settings.triggers),
+        "CampaignName": _names(settings.campaigns),
         "HistoryType": {"type": "string", "enum": list(settings.history_types)},
         "Attributes": {"description": "Typed by the database schema; null clears one", **attributes},
         **per_database,
     }
+
+
+def _names(configured: Iterable[str]) -> dict[str, Any]:
+    """The configured names (an unknown one is 404), or any valid name when none is configured."""
+    names = list(configured)
+    return {"type": "string", "enum": names} if names else {"type": "string", "pattern": NAME_RE.pattern}
 
 
 def _attributes_schema(db: DatabaseSettings) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from aiohttp import web
 from streamapp import metrics
 from streamapp.core import clock
 from streamapp.core.keys import recipient_key
-from streamapp.core.models import DeleteRecipient, RecipientCommand, decode_history, decode_recipient
+from streamapp.core.models import DeleteRecipient, EraseIdempotency, RecipientCommand, decode_history, decode_recipient
 from streamapp.core.validation import FieldError, check_original_id
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.bodies import BatchRejected, read_batch, read_json
@@ -78,6 +78,8 @@ class RecipientRoutes:
         self, request: web.Request, db: DatabaseSettings, parse: ParseItem, what: str
     ) -> web.Response:
         """A batch body is all or nothing: 422 naming the bad fields (reading stops at the 1,000th), else 202."""
+        if not request.body_exists:  # the body is required (an empty array or NDJSON is still a body)
+            raise unprocessable([FieldError("/", f"missing body: a JSON array or NDJSON of {what}")], "missing body")
         limit = self.settings.service.max_body_bytes
         try:
             commands: list[RecipientCommand] = await read_batch(request, limit, parse, what=what, max_items=MAX_BATCH)
@@ -140,6 +142,8 @@ class RecipientRoutes:
         db = self._database(request, "recipients:write")
         original_id = self._original_id(request)
         await self._publish(db, [DeleteRecipient(database=db.name, originalId=original_id)], "api")
+        # Idempotency records live in their key's partition: every partition erases the recipient's (SPEC §3).
+        await self.sa.publisher.publish_everywhere(EraseIdempotency(database=db.name, originalId=original_id))
         return json_response({"originalId": original_id, "deleted": True}, status=202)
 
     async def post_history(self, request: web.Request) -> web.Response:
