@@ -76,7 +76,11 @@ def sweep_inactive(current: Recipient, before: str, seq: int = 0) -> Recipient |
 def append_history(current: list[HistoryRecord], records: list[HistoryRecord]) -> list[HistoryRecord]:
     """Newest first (times are UTC ISO strings), at most HISTORY_LIMIT kept; known ids are skipped."""
     known = {r.id for r in current}
-    new = [r for r in records if r.id not in known]
+    new = []
+    for record in records:  # an id given twice in `records` is taken once, as by two appends in a row
+        if record.id not in known:
+            known.add(record.id)
+            new.append(record)
     if not new:
         return current
     merged = sorted([*new, *current], key=lambda r: r.time, reverse=True)

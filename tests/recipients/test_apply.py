@@ -250,3 +250,33 @@ def test_an_erase_removes_the_recipients_idempotency_records_and_marks_its_ledge
     assert erased_key(recipient_key("members", "ann")) in rows and SCRUB in rows  # the ledger is scrubbed from these
     longer = index_key(recipient_key("members", "annika"), b"k5")  # not found by ann's prefix
     assert not longer.startswith(index_prefix(recipient_key("members", "ann")))
+
+
+class CountingTransaction(MemoryTransaction):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        self.writes += 1
+        super().set(key, value)
+
+
+def test_many_history_records_of_one_recipient_in_one_event_are_one_write_with_the_same_result() -> None:
+    """10,000 records of one recipient in one request used to re-encode its history 10,000 times on the loop."""
+    commands: list[Command] = [
+        AppendHistory(database="members", originalId=rid, records=[record(n)])
+        for n in range(3000)
+        for rid in ("A", "B")
+    ]
+    commands.insert(1000, upsert("A", "2026-01-01T00:00:00+00:00", email="a@example.com"))
+    commands.append(commands[5])  # a record given twice is kept once
+    merged = Chunks(MemoryTransaction(), CountingTransaction(), MemoryTransaction())  # type: ignore[arg-type]
+    assert apply_all(merged, commands, offset=1).skipped == 0
+    one_by_one = chunks()
+    for offset, command in enumerate(commands):
+        apply_all(one_by_one, [command], offset=offset)
+    for rid in ("A", "B"):
+        key = recipient_key("members", rid)
+        assert decode_history(merged.history.get(key) or b"") == decode_history(one_by_one.history.get(key) or b"")
+    assert merged.history.writes == 4  # A and B before the upsert and after it
