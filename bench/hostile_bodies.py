@@ -13,20 +13,29 @@ client GETs /healthz every 20 ms. Prints one JSON object; per body:
 `control_15mb_unread` is 15 MB that the worker receives and discards without parsing (415 from
 the header): what moving the bytes costs on this machine, to read the other large bodies against.
 
-Run: `.venv/bin/python bench/hostile_bodies.py` (about a minute). Against code that still parses
-whole bodies on the loop, `--skip gzip_16mb_inflated`: 8 million errors kept take GBs.
+Batch bodies (`POST /api/v1/triggers/news/batches`, spooled to disk, read in a thread): `BATCH_BODIES`,
+streamed from a generator so the client holds none of them whole, each once: a CSV of one 1 GiB line
+of `;`, an NDJSON body of one 100 MB line, and a body trickled at one byte a second. For these,
+`worker_rss_mb` is the worker's resident memory before and at its peak (sampled every 20 ms).
+
+Run: `.venv/bin/python bench/hostile_bodies.py` (a few minutes; `--skip` any body, `--no-batches`, `--no-recipients`).
+Against code that still parses whole bodies on the loop, `--skip gzip_16mb_inflated`: 8 million
+errors kept take GBs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
+import socket
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,7 +44,8 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import broker_and_pool
-from tests.fixtures import TOKENS
+from tests.fixtures import TOKENS, free_port
+from tests.sending.fixtures import smtp_extra, write_templates
 
 URL_PATH = "/api/v1/databases/members/recipients"
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -181,14 +191,140 @@ def run(url: str, repeat: int, skip: set[str]) -> dict[str, object]:
     return results
 
 
+# -- batch bodies: bounded work per request ------------------------------------------------------
+
+BATCH_PATH = "/api/v1/triggers/news/batches"
+GIB = 1 << 30
+
+
+def _repeat(head: bytes, byte: bytes, count: int, tail: bytes) -> Callable[[], Iterator[bytes]]:
+    """A body of `head`, `count` times `byte`, `tail`, made in 1 MiB pieces as it is sent."""
+
+    def pieces() -> Iterator[bytes]:
+        yield head
+        block, left = byte * (1 << 20), count
+        while left > 0:
+            yield block[: min(left, len(block))]
+            left -= len(block)
+        yield tail
+
+    return pieces
+
+
+def batch_bodies() -> dict[str, tuple[Callable[[], Iterator[bytes]], str]]:
+    """Each hostile batch body (a generator of its pieces) and its Content-Type."""
+    csv_head = b"originalId;email\n"
+    return {
+        # 1 GiB of delimiters on one line: without a line bound, a billion fields of 8 bytes each.
+        "csv_1gib_line_of_semicolons": (_repeat(csv_head, b";", GIB - 64, b"\nok-1;ok-1@example.com\n"), "text/csv"),
+        # one NDJSON line of 100 MB: without a line bound, read whole (and decoded).
+        "ndjson_100mb_one_line": (
+            _repeat(b'{"originalId": "big", "properties": {"p": "', b"y", 100_000_000, b'"}}\n'),
+            "application/x-ndjson",
+        ),
+    }
+
+
+class RssPeak(threading.Thread):
+    """The worker's resident memory (VmRSS) every 20 ms; `peak` is the highest seen, in MB."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stopping = pid, 0.0, threading.Event()
+
+    def rss(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.02)
+
+
+def trickle(url: str, seconds: float = 60.0) -> tuple[int | None, float]:
+    """POST a 10,000-byte batch body one byte a second; (status, seconds until the answer)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(
+        f"POST {BATCH_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['admin']}\r\n"
+        "Content-Type: text/csv\r\nContent-Length: 10000\r\n\r\n".encode()
+    )
+    sock.settimeout(1.0)
+    started = time.perf_counter()
+    try:
+        while time.perf_counter() - started < seconds:
+            sock.sendall(b"x")
+            try:
+                head = sock.recv(4096)
+            except TimeoutError:
+                continue
+            return (int(head.split()[1]) if head else None), round(time.perf_counter() - started, 2)
+        return None, round(time.perf_counter() - started, 2)
+    finally:
+        sock.close()
+
+
+def run_batches(url: str, pid: int, skip: set[str]) -> dict[str, object]:
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKENS['admin']}"}, timeout=1800)
+    health = HealthLoop(url)
+    health.start()
+    results: dict[str, object] = {}
+    cases: dict[str, Callable[[], tuple[int | None, object]]] = {
+        name: functools.partial(_post_streamed, api, make, ctype) for name, (make, ctype) in batch_bodies().items()
+    }
+    cases["trickled_1_byte_per_second"] = functools.partial(trickle, url)
+    for name, case in cases.items():
+        if name in skip:
+            continue
+        sampler = RssPeak(pid)
+        before_rss = sampler.rss()
+        sampler.start()
+        before = lag_buckets(url)
+        health.take()
+        started = time.perf_counter()
+        status, detail = case()
+        elapsed = time.perf_counter() - started
+        time.sleep(0.3)
+        sampler.stopping.set()
+        sampler.join()
+        results[name] = {
+            "status": status,
+            "answer_s": round(elapsed, 2),
+            "answer": detail,
+            "worker_rss_mb": {"before": round(before_rss, 1), "peak": round(sampler.peak, 1)},
+            "loop_lag_s": lag_summary(before, lag_buckets(url)),
+            "healthz_s": percentiles(health.take()),
+        }
+    health.stopping.set()
+    api.close()
+    return results
+
+
+def _post_streamed(api: httpx.Client, make: Callable[[], Iterator[bytes]], ctype: str) -> tuple[int, object]:
+    response = api.post(BATCH_PATH, content=make(), headers={"Content-Type": ctype})
+    body = response.json()
+    if response.status_code == 202:
+        return 202, {k: body[k] for k in ("accepted", "rejected")} | {"errors": body["errors"][:2]}
+    return response.status_code, body.get("error")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip", action="append", default=[], help="a body not to send (repeatable)")
+    parser.add_argument("--no-batches", action="store_true", help="only the recipients bodies")
+    parser.add_argument("--no-recipients", action="store_true", help="only the batch bodies")
     args = parser.parse_args()
     with broker_and_pool("streamapp-bench-") as pool:
-        worker = pool.create(partitions=8)
-        results = run(worker.url, args.repeat, set(args.skip))
+        write_templates(pool.base)  # [smtp] to a port nobody answers: nothing here is ever sent
+        worker = pool.create(partitions=8, extra=smtp_extra(free_port()))
+        results = {} if args.no_recipients else run(worker.url, args.repeat, set(args.skip))
+        if not args.no_batches:
+            assert worker.process is not None
+            results["batch_bodies"] = run_batches(worker.url, worker.process.pid, set(args.skip))
     print(json.dumps({"benchmark": "hostile_bodies", "cores": os.cpu_count(), **results}, indent=2))
 
 

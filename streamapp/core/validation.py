@@ -13,9 +13,9 @@ import math
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from streamapp.core.models import STATUSES, AppendHistory, HistoryRecord, UpsertRecipient
-from streamapp.settings import AttributeType, DatabaseSettings
+from streamapp.settings import AttributeType, DatabaseSettings, DeclaredProperty
 
 MAX_ORIGINAL_ID = 256
 
@@ -52,6 +52,21 @@ MAX_HISTORY_RECORD_BYTES = MAX_RECORD_BYTES - 5
 #: Integers travel as MessagePack and polars Int64: a wider one could not be encoded (a 500, not a 422).
 MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 CUSTOM_FIELDS = frozenset(f"custom{i}" for i in range(1, 27))
+
+# -- bounded work per request (README "Limits"): what one batch body or send file may make a worker do.
+
+#: Rows read from one batch body or send file (trigger batch, campaign send); the rest is not read, and
+#: the batch's last error says so. Bounds the per-batch duplicate check (8 bytes a row) and the work.
+MAX_BATCH_ROWS = 10_000_000
+#: Columns of a CSV batch body or send file: every attribute, originalId, email and a few ignored ones.
+#: More is refused whole (a 1 GiB line of `;` would be a billion fields).
+MAX_COLUMNS = MAX_ATTRIBUTES + 2 + 14
+#: A line of a CSV/TXT file or body (characters after decoding; a row spanning lines inside quotes,
+#: all of its lines) or of an NDJSON body (bytes): checked while reading, so a longer one is never in
+#: memory. A longer row is a rejected row; reading goes on at the next line.
+MAX_LINE = 1 << 20
+#: How far ahead `sendTime` and `deliveryTime` may be: a send cannot sit in the ledger for years.
+MAX_SEND_AHEAD = timedelta(days=365)
 
 #: Control characters refused in string values: C0 but TAB, LF and CR, and DEL. A value may reach a
 #: Subject header through a template: rendering collapses whitespace (TAB, CR, LF included) to spaces,
@@ -98,6 +113,13 @@ class InvalidInput(Exception):
         super().__init__(message)
         self.errors = errors
         self.message = message
+
+
+def send_time_problem(when: datetime, now: datetime) -> str | None:
+    """None for a send time within MAX_SEND_AHEAD of `now` (a past one means now); else why not."""
+    if when - now > MAX_SEND_AHEAD:
+        return f"must be at most {MAX_SEND_AHEAD.days} days ahead (not after {(now + MAX_SEND_AHEAD).date()})"
+    return None
 
 
 def check_original_id(value: Any, path: str) -> list[FieldError]:
@@ -255,6 +277,40 @@ def _scalar_problem(value: Any) -> str | None:
     if isinstance(value, float):
         return None if math.isfinite(value) else "must be a finite number"
     return "must be a JSON value"
+
+
+def check_declared_properties(
+    declared: Mapping[str, DeclaredProperty] | None,
+    properties: Any,
+    path: str,
+    zone: ZoneInfo,
+    *,
+    owner: str = "its trigger or campaign",
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """A send's `properties` against what its trigger or campaign declares (SPEC §2): every required one
+    present and not null, each of its declared type (coerced as attributes are: dates become ISO text),
+    none undeclared. `owner` names the declarer in reasons, e.g. "trigger 'welcome'". `declared` None
+    means nothing is declared: the properties pass unchanged (check_properties bounds them anyway).
+    Run it after check_properties, which refuses a non-object; here a missing value is `{}`."""
+    given: dict[str, Any] = properties if isinstance(properties, dict) else {}
+    if declared is None:
+        return dict(given), []
+    coerced: dict[str, Any] = {}
+    errors = [
+        FieldError(f"{path}/{str(name)[:80]}", f"not declared by {owner}") for name in given if name not in declared
+    ]
+    for name, spec in declared.items():
+        value = given.get(name)
+        if value is None:
+            if spec.required:
+                errors.append(FieldError(f"{path}/{name}", f"is required by {owner} ({spec.type})"))
+            continue
+        value, problem = coerce_attribute(spec.type, value, zone)
+        if problem:
+            errors.append(FieldError(f"{path}/{name}", f"{problem} (declared {spec.type} by {owner})"))
+        else:
+            coerced[name] = value
+    return coerced, errors
 
 
 def coerce_attribute(kind: AttributeType, value: Any, zone: ZoneInfo) -> tuple[Any, str | None]:

@@ -15,14 +15,23 @@ error of 800,000 bad NDJSON lines took 6 s and 221 MB. So:
 
 Content encodings are refused (415) from the header, before a byte of the body is read; aiohttp's
 own decompression is off (streamapp.http.server), so the size limit counts bytes as received.
+
+A body must keep arriving (`chunks_within`): after BODY_GRACE_SECONDS, at least BODY_MIN_RATE bytes
+a second on average, else 408 and the connection is closed, so a body trickled at 1 byte/s holds
+no request slot, memory or spool file for long. Batch bodies go to the spool (`Spool`), whose files
+together stay within a quota: a body that would pass it is 503 with Retry-After, and nothing of it
+is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Generator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar, cast
 
 import msgspec
@@ -50,6 +59,14 @@ MAX_DOCUMENT_VALUES = 100_000
 SLICE_SECONDS = 0.01
 #: Bytes scanned in one step: a fraction of a millisecond, and a few MB of numpy arrays at most.
 WINDOW = 64 * 1024
+#: A body may take this long to start arriving...
+BODY_GRACE_SECONDS = 10.0
+#: ...and must then average at least this many bytes a second (1 GiB in 4.5 hours), else 408.
+BODY_MIN_RATE = 64 * 1024
+#: The spool holds at most this many maximal batch bodies (`max_batch_bytes`) at once.
+SPOOL_QUOTA_BODIES = 4
+#: Seconds a client refused by the full spool is told to wait.
+SPOOL_RETRY_AFTER = 5
 
 #: Validates one decoded item at its JSON path: the value to keep, or None and the errors.
 Convert: TypeAlias = Callable[[Any, str], tuple[T | None, list[FieldError]]]
@@ -80,17 +97,43 @@ def refuse_content_encoding(request: web.BaseRequest) -> None:
         )
 
 
-async def chunks_within(request: web.Request, limit: int, chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
-    """The body as it arrives; 413 as soon as it is known to exceed `limit` bytes (counted as received)."""
+async def chunks_within(
+    request: web.Request,
+    limit: int,
+    chunk_size: int = 1 << 16,
+    *,
+    grace: float = BODY_GRACE_SECONDS,
+    min_rate: float = BODY_MIN_RATE,
+) -> AsyncIterator[bytes]:
+    """The body as it arrives; 413 as soon as it is known to exceed `limit` bytes (counted as received),
+    408 once it arrives slower than `min_rate` bytes a second on average after `grace` seconds."""
     refuse_content_encoding(request)
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
-    size = 0
-    async for chunk in request.content.iter_chunked(chunk_size):
+    loop = asyncio.get_running_loop()
+    started, size = loop.time(), 0
+    chunks = request.content.iter_chunked(chunk_size).__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout_at(started + grace + size / min_rate):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise _too_slow(size, loop.time() - started, min_rate) from None
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"body exceeds the limit of {limit} bytes")
         yield chunk
+
+
+def _too_slow(size: int, seconds: float, min_rate: float) -> ApiError:
+    return ApiError(
+        408,
+        f"the body arrived too slowly ({size:,} bytes in {seconds:.0f} s; at least {min_rate / 1024:,.0f} KiB/s "
+        "is needed after the first seconds)",
+        headers={"Connection": "close"},
+    )
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
@@ -119,6 +162,56 @@ async def read_batch(
     """
     data = await read_limited(request, limit)
     return await _drive(_batch_steps(data, request.content_type, convert, what, max_items, max_errors))
+
+
+class Spool:
+    """Batch bodies written to disk as they arrive (`<data_dir>/spool/`), together within `quota` bytes.
+
+    A body holds its share of the quota from its first byte (or, with a Content-Length, all of it
+    from the start) until its file is removed, after the batch was published.
+    """
+
+    def __init__(self, folder: Path, quota: int) -> None:
+        self.folder = folder
+        self.quota = quota
+        self.used = 0
+
+    def clear(self) -> None:
+        """Remove bodies left by a previous run (never answered 202: their clients retry)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.iterdir():
+            with suppress(OSError):
+                stale.unlink()
+
+    @asynccontextmanager
+    async def body(self, request: web.Request, limit: int, **pace: float) -> AsyncIterator[Path]:
+        """The body in a spool file, removed on exit; 413 past `limit` (`chunks_within`), 408 when too
+        slow, 503 with Retry-After when the spool would pass its quota. `pace`: chunks_within's."""
+        held = self._reserve(min(request.content_length or 0, limit))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{uuid.uuid4().hex}.body"
+        try:
+            with path.open("wb") as f:
+                size = 0
+                async for chunk in chunks_within(request, limit, chunk_size=1 << 20, **pace):
+                    size += len(chunk)
+                    if size > held:
+                        held += self._reserve(size - held)
+                    f.write(chunk)
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+            self.used -= held
+
+    def _reserve(self, size: int) -> int:
+        if self.used + size > self.quota:
+            raise ApiError(
+                503,
+                f"the spool for batch bodies is full ({self.used:,} of {self.quota:,} bytes held): retry later",
+                headers={"Retry-After": str(SPOOL_RETRY_AFTER)},
+            )
+        self.used += size
+        return size
 
 
 # -- parsing (synchronous: for callers off the loop, tests and small bodies) ------------------------

@@ -19,6 +19,7 @@ from typing import Literal
 from streamapp.core import clock
 from streamapp.core.ids import new_batch_id
 from streamapp.core.models import BatchInfo
+from streamapp.core.validation import send_time_problem
 from streamapp.imports.campaign_names import parse_campaign_name
 from streamapp.imports.files import Claim
 from streamapp.imports.report import ImportReport
@@ -70,6 +71,8 @@ def target_of(settings: Settings, folder: SendFolder, claim: Claim) -> SendFileT
     if folder.kind == "trigger":
         return SendTarget.trigger(settings.triggers[folder.name.removeprefix("triggers/")]), None
     drop = parse_campaign_name(claim.original_name, settings, clock.parse_time(claim.claimed_at))
+    if problem := send_time_problem(drop.send_at, clock.parse_time(claim.claimed_at)):
+        raise FileRejected(f"the time in the file name {problem}")
     later = drop.send_at > clock.parse_time(claim.claimed_at)
     return SendTarget.campaign(settings.campaigns[drop.campaign]), clock.iso(drop.send_at) if later else None
 
@@ -107,7 +110,7 @@ async def send_file(
         settings, target, send, source=claim.original_name, send_time=send_time, batch_id=batch_id,
         created_at=claim.claimed_at,
     )  # fmt: skip
-    rows = read_rows(source, "csv", db, settings.service.zone, claim.claimed_at, decoded=True)
+    rows = read_rows(source, "csv", db, settings.service.zone, claim.claimed_at, decoded=True, rules=target.rules)
     try:
         info = await send_rows(sender, rows, between_chunks)
     except NothingAccepted as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,8 +26,9 @@ from streamapp.core.keys import partitions_for, recipient_key
 from streamapp.core.models import BatchInfo, Priority, RowError, SendMessage, UpsertRecipient, encode
 from streamapp.kafka.publisher import AckWindow, CommandPublisher, Send
 from streamapp.kafka.topics import commands_topic, messages_topic
-from streamapp.sending.batch_rows import RowChunk
-from streamapp.settings import CampaignSettings, Settings, TriggerSettings
+from streamapp.mail.unsubscribe import unsubscribe_keys
+from streamapp.sending.batch_rows import RowChunk, RowRules
+from streamapp.settings import CampaignSettings, DeclaredProperty, Settings, TriggerSettings
 from streamapp.tabular.csvreader import FileRejected
 
 #: Row errors listed in a batch's status (the count is always complete), and their length.
@@ -48,14 +49,23 @@ class SendTarget:
     template: str
     transactional: bool
     priority: Priority
+    #: The properties the trigger or campaign declares (SPEC §2); None: any.
+    properties: Mapping[str, DeclaredProperty] | None = None
 
     @classmethod
     def trigger(cls, trigger: TriggerSettings, priority: Priority = "batch") -> SendTarget:
-        return cls("trigger", trigger.name, trigger.database, trigger.template, trigger.transactional, priority)
+        return cls("trigger", trigger.name, trigger.database, trigger.template, trigger.transactional, priority,
+                   trigger.properties)  # fmt: skip
 
     @classmethod
     def campaign(cls, campaign: CampaignSettings) -> SendTarget:
-        return cls("campaign", campaign.name, campaign.database, campaign.template, False, "campaign")
+        return cls("campaign", campaign.name, campaign.database, campaign.template, False, "campaign",
+                   campaign.properties)  # fmt: skip
+
+    @property
+    def rules(self) -> RowRules:
+        """What each row's properties are checked against (streamapp.sending.batch_rows)."""
+        return RowRules(self.properties, f"{self.kind} {self.name!r}")
 
 
 class BatchSender:
@@ -78,6 +88,7 @@ class BatchSender:
         self.publisher = CommandPublisher(send, commands_topic(settings), self.partitions)
         self.topic = messages_topic(settings, target.priority)
         self.batch_id = batch_id or new_batch_id(random.randrange(self.partitions))
+        self.id_key = unsubscribe_keys(settings).signing  # tags its message ids (streamapp.core.ids)
         self.info = BatchInfo(
             batchId=self.batch_id, database=target.database, kind=target.kind, name=target.name,
             priority=target.priority, source=source, total=0, sendTime=send_time,
@@ -116,8 +127,9 @@ class BatchSender:
         info.total += 1
         email = upsert.email if isinstance(upsert.email, str) else None
         attributes = upsert.attributes if upsert.attributes is not msgspec.UNSET else None
+        message_id = batch_message_id(partition, self.batch_id, row, self.id_key, target.database, target.priority)
         return SendMessage(
-            messageId=batch_message_id(partition, self.batch_id, row), database=target.database,
+            messageId=message_id, database=target.database,
             originalId=upsert.originalId, priority=target.priority, template=target.template,
             transactional=target.transactional, properties=properties, email=email, attributes=attributes,
             batchId=self.batch_id, notBefore=info.sendTime, upserted=True, enqueuedAt=info.createdAt,

@@ -23,6 +23,7 @@ from streamapp.core.models import PRIORITIES, Priority, RecipientCommand, SendMe
 from streamapp.kafka.app import KafkaApp
 from streamapp.kafka.gaps import OffsetTracker, read_range
 from streamapp.kafka.publisher import CommandPublisher
+from streamapp.kafka.security import client_options
 from streamapp.kafka.store import Store
 from streamapp.kafka.topics import bootstrap_servers, messages_topic
 from streamapp.mail.mime import MimeBuilder
@@ -30,7 +31,7 @@ from streamapp.mail.smtp import SmtpPool
 from streamapp.mail.templates import TemplateStore
 from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.sending.dispatcher import Dispatcher
-from streamapp.sending.ledger import Ledger
+from streamapp.sending.ledger import Ledger, waiting_counts
 from streamapp.sending.pipeline import Job, Pipeline
 from streamapp.sending.schedule import Schedule
 from streamapp.settings import Settings
@@ -42,6 +43,8 @@ SENDERS_PER_CONNECTION = 2
 #: Queued messages per priority at which its partitions stop being fetched (resumed below half).
 QUEUE_HIGH = 1000
 TICK_SECONDS = 0.02
+#: How often the schedule reads the next due times of its partitions from the ledger's index.
+WINDOW_SECONDS = 1.0
 
 
 def template_names(settings: Settings) -> set[str]:
@@ -84,7 +87,7 @@ class SendEngine(Service):  # type: ignore[misc]
             ledger=self.ledger,
             recipients=stores.recipients,
             history=stores.history,
-            templates=TemplateStore.load(settings.templates_dir, template_names(settings)),
+            templates=TemplateStore.for_settings(settings),
             builder=MimeBuilder(smtp.sender, unsubscribe_mailto=smtp.unsubscribe_mailto),
             send=self.pool.send,
             publish=self._publish,
@@ -97,6 +100,7 @@ class SendEngine(Service):  # type: ignore[misc]
         self.active: set[str] = set()  # message ids being processed (a duplicate event waits for the ledger)
         self.offsets = OffsetTracker()
         self._last_wanted: set[Priority] = set()
+        self._windowed_at = 0.0
         self._wake = asyncio.Event()
 
     # -- from the agents -------------------------------------------------------
@@ -115,7 +119,8 @@ class SendEngine(Service):  # type: ignore[misc]
         metrics.SKIPPED_RECORDS.inc(end - start)
 
         async def refill() -> None:
-            for command in await read_range(bootstrap_servers(self.settings), tp.topic, tp.partition, start, end):
+            bootstrap, security = bootstrap_servers(self.settings), client_options(self.settings)
+            for command in await read_range(bootstrap, tp.topic, tp.partition, start, end, security):
                 self.dispatcher.submit(Job(command, tp.partition))
 
         self.add_future(refill())
@@ -195,23 +200,35 @@ class SendEngine(Service):  # type: ignore[misc]
             if not self.kafka.is_ready():
                 continue
             try:
-                self._tick()
+                await self._tick()
                 await self._flow()
             except Exception:
                 log.exception("send engine tick failed")
 
-    def _tick(self) -> None:
+    async def _tick(self) -> None:
         assigned = self._assigned_partitions()
         self.schedule.forget(self.schedule.loaded - assigned)
-        for partition in sorted(assigned - self.schedule.loaded):
-            count = self.schedule.load(partition, self.ledger.pending(partition))
-            log.info("partition %d: %d scheduled or deferred messages taken over", partition, count)
+        taken = sorted(assigned - self.schedule.loaded)
+        for partition in taken:
+            await self.ledger.prepare(partition)  # once per ledger older than its due index
+            if partition in self._assigned_partitions():
+                self.schedule.take(partition)
+                log.info("partition %d: %s messages waiting", partition, dict(self.ledger.waiting(partition)))
         self.owned = assigned
+        self._window(bool(taken))
         room = {p: max(0, QUEUE_HIGH - self.dispatcher.queued(p)) for p in PRIORITIES}
         for partition, message_id in self.schedule.due(room):
             state = self.ledger.get(partition, message_id) if partition in assigned else None
             if state is not None and state.waiting() and state.command is not None:
                 self.dispatcher.submit(Job(state.command, partition, released=True))
+
+    def _window(self, now: bool) -> None:
+        """Every WINDOW_SECONDS (and at once for new partitions), read the due times of the next hour."""
+        if not now and time.monotonic() - self._windowed_at < WINDOW_SECONDS:
+            return
+        self._windowed_at = time.monotonic()
+        for partition in sorted(self.schedule.loaded):
+            self.schedule.window(partition, self.ledger.due_entries)
 
     def _flow_if_changed(self) -> None:
         """Called on every queue change (cheap); wakes the ticker when the wanted pauses changed."""
@@ -249,7 +266,7 @@ class SendEngine(Service):  # type: ignore[misc]
             return
         tps = [tp for tp in self.offsets.next if tp.partition in self.owned]
         ends = await self.kafka.end_offsets((tp.topic, tp.partition) for tp in tps)
-        waiting = self.schedule.counts()
+        waiting = waiting_counts(self.ledger, self.owned)
         now = datetime.now(UTC)
         for priority, topic in self.topics.items():
             unread = sum(

@@ -162,8 +162,14 @@ class Pipeline:
         attributes = recipient.attributes
         if command.attributes:  # null clears, as in the upsert
             attributes = {k: v for k, v in {**attributes, **command.attributes}.items() if v is not None}
-        view = {"originalId": recipient.originalId, "email": address, "attributes": attributes}
-        rendered = self.templates.render(command.template, view, command.properties, history)
+        view = {
+            "originalId": recipient.originalId,
+            "email": address,
+            "status": recipient.status,
+            "attributes": attributes,
+        }
+        about = {"messageId": command.messageId, "priority": command.priority}
+        rendered = self.templates.render(command.template, view, command.properties, history, about)
         token = make_token(self.secret.signing, command.database, command.originalId, command.messageId)
         return self.builder.build(
             message_id=command.messageId,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
 
-from streamapp.core.validation import parse_history, parse_recipient
-from streamapp.settings import DatabaseSettings
+from streamapp.core.validation import (
+    MAX_SEND_AHEAD,
+    check_declared_properties,
+    parse_history,
+    parse_recipient,
+    send_time_problem,
+)
+from streamapp.settings import DatabaseSettings, DeclaredProperty
 
 ZONE = ZoneInfo("Europe/Stockholm")
 DB = DatabaseSettings(
@@ -124,3 +131,67 @@ def test_history_record_validation() -> None:
         ("/0/price", "must be a number"),
         ("/0/fields/custom27", "only custom1..custom26 are allowed"),
     ]
+
+
+DECLARED = {
+    "code": DeclaredProperty("string", required=True),
+    "amount": DeclaredProperty("float", required=False),
+    "due": DeclaredProperty("date", required=False),
+    "at": DeclaredProperty("datetime", required=False),
+}
+OWNER = "trigger 'receipt'"
+
+
+def declared_errors(properties: object) -> tuple[dict[str, object], list[tuple[str, str]]]:
+    coerced, found = check_declared_properties(DECLARED, properties, "/properties", ZONE, owner=OWNER)
+    return coerced, [(e.path, e.message) for e in found]
+
+
+def test_declared_properties_are_typed_like_attributes() -> None:
+    coerced, found = declared_errors({"code": "A1", "amount": 3, "due": "2026-12-01", "at": "2026-12-01 08:00"})
+    assert found == []
+    assert coerced == {"code": "A1", "amount": 3.0, "due": "2026-12-01", "at": "2026-12-01T08:00:00+01:00"}
+
+
+def test_optional_declared_properties_may_be_missing_or_null() -> None:
+    assert declared_errors({"code": "A1", "amount": None}) == ({"code": "A1"}, [])
+
+
+@pytest.mark.parametrize(
+    ("properties", "path", "message"),
+    [
+        ({}, "/properties/code", "is required by trigger 'receipt' (string)"),
+        ({"code": None}, "/properties/code", "is required by trigger 'receipt' (string)"),
+        ({"code": 12}, "/properties/code", "must be a string (declared string by trigger 'receipt')"),
+        ({"code": "x", "amount": "12"}, "/properties/amount", "must be a number (declared float by trigger 'receipt')"),
+        ({"code": "x", "due": "tomorrow"}, "/properties/due", "must be an ISO 8601 date (YYYY-MM-DD) (declared date"),
+        ({"code": "x", "coupon": "y"}, "/properties/coupon", "not declared by trigger 'receipt'"),
+    ],
+)
+def test_declared_properties_name_what_is_missing_wrong_or_unknown(properties: object, path: str, message: str) -> None:
+    _, found = declared_errors(properties)
+    assert len(found) == 1 and found[0][0] == path and found[0][1].startswith(message), found
+
+
+def test_every_bad_declared_property_is_named_at_once() -> None:
+    _, found = declared_errors({"amount": "x", "coupon": 1})
+    assert sorted(p for p, _ in found) == ["/properties/amount", "/properties/code", "/properties/coupon"]
+
+
+def test_undeclared_properties_pass_unchanged() -> None:
+    value = {"anything": [1, {"nested": True}]}
+    assert check_declared_properties(None, value, "/properties", ZONE) == (value, [])
+
+
+def test_a_missing_properties_value_is_an_empty_object() -> None:
+    _, found = check_declared_properties(DECLARED, None, "/0/properties", ZONE, owner="campaign 'news'")
+    assert [(e.path, e.message) for e in found] == [("/0/properties/code", "is required by campaign 'news' (string)")]
+
+
+def test_send_times_are_at_most_a_year_ahead() -> None:
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    assert send_time_problem(now - timedelta(days=3000), now) is None  # past: now
+    assert send_time_problem(now + MAX_SEND_AHEAD, now) is None
+    problem = send_time_problem(now + MAX_SEND_AHEAD + timedelta(seconds=1), now)
+    assert problem == "must be at most 365 days ahead (not after 2027-11-27)"
+    assert send_time_problem(datetime(2099, 1, 1, tzinfo=UTC), now) == problem

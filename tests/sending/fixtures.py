@@ -21,6 +21,7 @@ from streamapp.core.ids import message_id_for
 from streamapp.core.keys import partition_for, recipient_key
 from streamapp.core.models import MessageState, Priority, SendMessage, decode_state
 from streamapp.sending.enqueue import enqueue
+from streamapp.sending.ledger import is_bookkeeping
 from streamapp.settings import Settings, load_settings
 from tests.fixtures import Worker, WorkerPool, client, eventually
 from tests.mail.fixtures import Peers
@@ -152,7 +153,7 @@ async def _read_ledger(settings: Settings) -> dict[str, MessageState]:
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    if record.value is not None:
+                    if record.value is not None and not is_bookkeeping(record.key):
                         states[record.key.decode()] = decode_state(record.value)
     finally:
         await consumer.stop()

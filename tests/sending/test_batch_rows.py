@@ -12,8 +12,8 @@ import pytest
 from streamapp.core.ids import batch_message_id, batch_partition, batch_prefix, new_batch_id, partition_of
 from streamapp.imports.files import Claim
 from streamapp.imports.send_files import claim_batch_id
-from streamapp.sending.batch_rows import RowChunk, read_rows
-from streamapp.settings import DatabaseSettings
+from streamapp.sending.batch_rows import RowChunk, RowRules, read_rows
+from streamapp.settings import DatabaseSettings, DeclaredProperty
 from streamapp.tabular.csvreader import FileRejected
 
 DB = DatabaseSettings("members", False, {"firstname": "string", "score": "int"})
@@ -161,3 +161,145 @@ def test_rows_beyond_the_limits_are_rejected_rows(tmp_path: Path) -> None:
     assert reasons[3][1].startswith("/email: 'e@x.com\\n' is not a valid e-mail address")
     assert reasons[4][1] == "/attributes/firstname: must be at most 65536 bytes in UTF-8"
     assert reasons[5][1].startswith("/properties: the properties and attributes would take 54")
+
+
+def rows_of(chunks: list[RowChunk]) -> tuple[list[str], list[tuple[int | None, str]]]:
+    """The originalIds sent and the (line or item, reason) of the rows rejected, over every chunk."""
+    sent = [u.originalId for c in chunks for u in c.upserts]
+    rejected = [(e.line if e.line is not None else e.item, e.reason) for c in chunks for e in c.rejected]
+    return sent, rejected
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
+def test_a_second_row_for_one_original_id_is_rejected_and_the_first_sent(tmp_path: Path, fmt: str) -> None:
+    ids = ["A", "B", "A", "C", "B", *[f"n{i}" for i in range(4000)], "C"]  # over two chunks
+    items = [{"originalId": i, "attributes": {"firstname": f"{i}-{n}"}} for n, i in enumerate(ids)]
+    if fmt == "csv":
+        data = ("originalId;firstname\n" + "".join(f"{i['originalId']};x\n" for i in items)).encode()
+    elif fmt == "ndjson":
+        data = "".join(json.dumps(i) + "\n" for i in items).encode()
+    else:
+        data = json.dumps(items).encode()
+    chunks = read(tmp_path, data, fmt)
+    sent, rejected = rows_of(chunks)
+    assert len(chunks) == 3 and sent == ["A", "B", "C", *[f"n{i}" for i in range(4000)]]
+    first = {"json": 0, "ndjson": 1, "csv": 2}[fmt]  # items from 0, lines from 1 (CSV: after its header)
+    duplicate = "duplicate originalId in this batch (its first row is sent)"
+    assert rejected == [(first + 2, duplicate), (first + 4, duplicate), (first + len(ids) - 1, duplicate)]
+    if fmt != "csv":
+        assert chunks[0].upserts[0].attributes == {"firstname": "A-0"}
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
+def test_reading_stops_after_the_most_rows_a_batch_takes(tmp_path: Path, fmt: str) -> None:
+    items = [{"originalId": f"r{i}"} for i in range(2500)]
+    items[3] = {"originalId": ""}  # a rejected row counts as a row
+    if fmt == "csv":
+        data = ("originalId\n" + "".join(f"{i['originalId'] or 'x;y'}\n" for i in items)).encode()
+    elif fmt == "ndjson":
+        data = "".join(json.dumps(i) + "\n" for i in items).encode()
+    else:
+        data = json.dumps(items).encode()
+    path = tmp_path / "body"
+    path.write_bytes(data)
+    chunks: list[RowChunk] = []
+    with pytest.raises(FileRejected, match=r"^over 2,100 rows, the most one batch takes$"):
+        chunks.extend(read_rows(path, fmt, DB, ZONE, AT, max_rows=2100))  # type: ignore[arg-type]
+    sent, rejected = rows_of(chunks)
+    assert len(sent) == 2099 and len(rejected) == 1 and sent[-1] == "r2099"
+
+
+def test_an_ndjson_line_over_the_limit_is_a_rejected_row_never_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "body"
+    with path.open("wb") as f:
+        f.write(b'{"originalId": "A"}\n{"originalId": "B", "properties": {"x": "')
+        f.write(b"y" * 30_000_000)
+        f.write(b'"}}\n{"originalId": "C"}\n')
+    tracemalloc.start()
+    try:
+        chunks = list(read_rows(path, "ndjson", DB, ZONE, AT))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows_of(chunks) == (["A", "C"], [(2, "a line longer than 1,048,576 bytes")])
+    assert peak < 8_000_000, peak
+
+
+def test_a_json_array_item_over_the_limit_stops_the_reading_there(tmp_path: Path) -> None:
+    path = tmp_path / "body"
+    with path.open("wb") as f:
+        f.write(b'[{"originalId": "A"}, {"originalId": "B", "properties": {"x": "')
+        f.write(b"y" * 30_000_000)
+        f.write(b'"}}, {"originalId": "C"}]')
+    chunks: list[RowChunk] = []
+    tracemalloc.start()
+    try:
+        with pytest.raises(FileRejected, match=r"^item 1 \(counting from 0\): an item of more than 1,048,576 bytes$"):
+            chunks.extend(read_rows(path, "json", DB, ZONE, AT))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows_of(chunks) == (["A"], [])
+    assert peak < 8_000_000, peak
+    big_but_fine = {"originalId": "A", "properties": {f"p{i}": "y" * 60_000 for i in range(7)}}  # 420 KB
+    assert rows_of(read(tmp_path, json.dumps([big_but_fine, big_but_fine | {"originalId": "B"}]).encode(), "json")) == (
+        ["A", "B"],
+        [],
+    )
+
+
+def test_a_csv_header_wider_than_the_column_limit_refuses_the_body(tmp_path: Path) -> None:
+    header = ";".join(["originalId", *(f"c{i}" for i in range(300))])
+    with pytest.raises(FileRejected, match="301 columns, more than the 272 allowed"):
+        read(tmp_path, f"{header}\nA{';' * 300}\n".encode(), "csv")
+
+
+DECLARED = RowRules(
+    {"code": DeclaredProperty("string", True), "amount": DeclaredProperty("float", False)}, "trigger 'receipt'"
+)
+
+
+def test_rows_are_checked_against_the_declared_properties(tmp_path: Path) -> None:
+    items = [
+        {"originalId": "A", "properties": {"code": "X1", "amount": 5}},
+        {"originalId": "B", "properties": {"amount": 5}},
+        {"originalId": "C", "properties": {"code": 7}},
+        {"originalId": "D", "properties": {"code": "X4", "coupon": "free"}},
+        {"originalId": "E"},
+    ]
+    path = tmp_path / "body"
+    path.write_bytes("".join(json.dumps(i) + "\n" for i in items).encode())
+    [chunk] = read_rows(path, "ndjson", DB, ZONE, AT, rules=DECLARED)
+    assert [u.originalId for u in chunk.upserts] == ["A"] and chunk.properties == [{"code": "X1", "amount": 5.0}]
+    assert [(e.line, e.reason) for e in chunk.rejected] == [
+        (2, "/properties/code: is required by trigger 'receipt' (string)"),
+        (3, "/properties/code: must be a string (declared string by trigger 'receipt')"),
+        (4, "/properties/coupon: not declared by trigger 'receipt'"),
+        (5, "/properties/code: is required by trigger 'receipt' (string)"),
+    ]
+    path.write_bytes(json.dumps(items).encode())
+    [chunk] = read_rows(path, "json", DB, ZONE, AT, rules=DECLARED)
+    assert [e.item for e in chunk.rejected] == [1, 2, 3, 4] and chunk.rejected[0].reason.startswith("/1/properties")
+
+
+def test_csv_rows_carry_no_properties_so_a_required_one_rejects_each_row(tmp_path: Path) -> None:
+    path = tmp_path / "body"
+    path.write_bytes(b"originalId;firstname\nA;Ann\n;Bo\n")
+    [chunk] = read_rows(path, "csv", DB, ZONE, AT, rules=DECLARED)
+    assert chunk.upserts == []
+    assert [(e.line, e.reason) for e in chunk.rejected] == [
+        (2, "/properties/code: is required by trigger 'receipt' (string)"),
+        (3, "empty identity (column 'originalId')"),
+    ]
+    optional = RowRules({"amount": DeclaredProperty("float", False)}, "campaign 'news'")
+    [chunk] = read_rows(path, "csv", DB, ZONE, AT, rules=optional)
+    assert [u.originalId for u in chunk.upserts] == ["A"]
+
+
+def test_invalid_utf8_in_a_json_array_stops_the_reading_with_its_reason(tmp_path: Path) -> None:
+    """Found by tests/tabular/test_fuzz_readers.py: ijson raised UnicodeDecodeError, not a documented error."""
+    path = tmp_path / "body"
+    path.write_bytes(b'[{"originalId": "A"}, {"originalId": "\xed\xa0\x80"}]')  # an encoded surrogate
+    rows = read_rows(path, "json", DB, ZONE, AT)
+    with pytest.raises(FileRejected, match=r"^item 1 \(counting from 0\): not valid UTF-8"):
+        list(rows)

@@ -10,13 +10,13 @@ import pytest
 from streamapp.core import clock
 from streamapp.core.ids import message_id_for, new_message_id, partition_of
 from streamapp.core.keys import partition_for, recipient_key
-from streamapp.core.models import MessageState, Recipient, SendMessage, SoftBounce
+from streamapp.core.models import Recipient, SendMessage, SoftBounce, encode
 from streamapp.core.rules import SOFT_BOUNCE_LIMIT, apply_soft_bounce
 from streamapp.mail.smtp import SmtpOutcome
 from streamapp.sending import retry
 from streamapp.sending.dispatcher import Dispatcher
+from streamapp.sending.ledger import WAITING, BatchCounts, counts_expired, counts_key, due_key
 from streamapp.sending.pipeline import Job, Outcome, next_state
-from streamapp.sending.schedule import Schedule
 from streamapp.settings import SmtpSettings
 
 SMTP = SmtpSettings("h", 25, 2, 0, "news@example.com", 60, 3600, 86400, None, None, False, None)
@@ -102,34 +102,6 @@ def test_message_ids_name_the_recipients_partition() -> None:
     assert partition_of("not-an-id") is None and partition_of("0001" + "g" * 28) is None
 
 
-def test_schedule_releases_when_due_never_earlier_and_forgets_revoked_partitions() -> None:
-    schedule = Schedule()
-
-    def state(message_id: str, at: datetime) -> MessageState:
-        return MessageState(messageId=message_id, database="d", originalId="o", priority="batch",
-                            status="deferred", createdAt="t", updatedAt="t", nextAttemptAt=clock.iso(at))  # fmt: skip
-
-    schedule.add(state("a", NOW + timedelta(seconds=10)), 0)
-    schedule.add(state("b", NOW + timedelta(seconds=5)), 1)
-    schedule.add(state("c", NOW + timedelta(seconds=1)), 2)
-    schedule.forget([2])
-    assert schedule.due(now=NOW.timestamp() + 4.999) == []
-    assert schedule.due(now=NOW.timestamp() + 5) == [(1, "b")]
-    assert schedule.due(now=NOW.timestamp() + 60) == [(0, "a")]
-
-
-def test_schedule_releases_only_as_many_as_the_dispatcher_has_room_for() -> None:
-    schedule = Schedule()
-    for n in range(5):
-        schedule.add(MessageState(messageId=f"m{n}", database="d", originalId="o", priority="campaign",
-                                  status="scheduled", createdAt="t", updatedAt="t", nextAttemptAt=clock.iso(NOW)), 0)  # fmt: skip
-    later = NOW.timestamp() + 1
-    assert schedule.due({"campaign": 2}, now=later) == [(0, "m0"), (0, "m1")]
-    assert schedule.due({"transactional": 10}, now=later) == []
-    assert schedule.counts() == {"campaign": 3}
-    assert schedule.due(now=later) == [(0, "m2"), (0, "m3"), (0, "m4")]
-
-
 def test_dispatcher_takes_the_highest_priority_first_and_asks_to_pause_lower_ones() -> None:
     order: list[str] = []
     done = asyncio.Event()
@@ -172,3 +144,16 @@ def test_dispatcher_pauses_a_full_queue_until_it_drains_below_half() -> None:
         return seen
 
     assert asyncio.run(scenario()) == [{"campaign"}, {"campaign"}, set()]
+
+
+def test_batch_counters_expire_like_final_rows_and_never_while_a_message_waits() -> None:
+    def counts(**by_status: int) -> bytes:
+        return encode(BatchCounts("members", dict(by_status), updatedAt=clock.iso(NOW)))
+
+    old = lambda at: at < NOW + timedelta(days=1)  # noqa: E731 - everything before tomorrow is old
+    young = lambda at: False  # noqa: E731
+    assert counts_expired(counts_key("b1"), counts(sent=3, failed=1), old)
+    assert not counts_expired(counts_key("b1"), counts(sent=3, failed=1), young)
+    assert not counts_expired(counts_key("b1"), counts(sent=3, scheduled=1), old)
+    assert not counts_expired(WAITING, encode({"campaign": 0}), old)
+    assert not counts_expired(due_key(0, "m"), b"campaign", old)

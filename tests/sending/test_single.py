@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -36,9 +37,10 @@ def test_without_save_props_the_upsert_only_creates() -> None:
 
 
 def test_delivery_time_without_offset_is_in_the_service_zone_and_a_past_one_means_now() -> None:
-    single = parse_single({"originalId": "A", "deliveryTime": "2099-12-01T08:00:00"}, DB, ZONE, None)
+    year = datetime.now(UTC).year + 1  # within the horizon of a year (MAX_SEND_AHEAD)
+    single = parse_single({"originalId": "A", "deliveryTime": f"{year}-01-02T08:00:00"}, DB, ZONE, None)
     _, message = build_commands(single, TRIGGER, 8, "2026-11-27T10:00:00.000+00:00")
-    assert message.notBefore == "2099-12-01T07:00:00.000+00:00"
+    assert message.notBefore == f"{year}-01-02T07:00:00.000+00:00"
     single = parse_single({"originalId": "A", "deliveryTime": "2001-01-01T00:00:00Z"}, DB, ZONE, None)
     assert build_commands(single, TRIGGER, 8, "2026-11-27T10:00:00.000+00:00")[1].notBefore is None
 
@@ -101,3 +103,10 @@ def test_save_props_counts_the_values_twice() -> None:
     assert error.path == "/properties" and error.message.startswith("the properties would take 600")
     body["saveProps"] = False
     assert parse_single(body, auto, ZONE, None).saved == {}
+
+
+def test_a_delivery_time_more_than_a_year_ahead_is_refused() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        parse_single({"originalId": "A", "deliveryTime": "2099-12-01T08:00:00"}, DB, ZONE, None)
+    [error] = refused.value.errors
+    assert error.path == "/deliveryTime" and error.message.startswith("must be at most 365 days ahead")

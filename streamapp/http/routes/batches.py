@@ -1,10 +1,10 @@
 """`GET /api/v1/batches/{batchId}` (scope `send`): what a batch accepted and where its messages are.
 
 The BatchInfo lives in the `batches` partition the id names; the request goes to that
-partition's owner, which adds up the batch's ledger rows of every `messages` partition: its own
-by a prefix scan (a batch's message ids share a prefix per partition, streamapp.core.ids),
-the others' by asking their owners with `?partitions=` (same token). `queued` is what has no
-ledger row yet; the counts converge to the total as messages are sent.
+partition's owner, which adds up the batch's counts of every `messages` partition: its own from
+the ledger's per-batch counters (one read a partition, streamapp.sending.ledger), the others' by
+asking their owners with `?partitions=` (same token; a checked list, parse_partitions). `queued`
+is what has no ledger row yet; the counts converge to the total as messages are sent.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from streamapp.core.models import MESSAGE_STATUSES, decode_batch_info
 from streamapp.core.validation import FieldError
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.errors import json_response, not_found, unavailable, unprocessable
-from streamapp.http.forwarding import FORWARDED, OwnerRouter
+from streamapp.http.forwarding import OwnerRouter
 from streamapp.kafka.store import Store
 from streamapp.runtime import Sending
 from streamapp.sending.ledger import Ledger
@@ -69,11 +69,8 @@ class BatchRoutes:
         return await self.owners.serve(request, BATCHES, partition, read)
 
     def _partitions(self, request: web.Request) -> list[int]:
-        try:
-            wanted = [int(p) for p in request.query["partitions"].split(",") if p]
-        except ValueError:
-            raise unprocessable([FieldError("/query/partitions", "must be partition numbers")]) from None
-        return wanted
+        """`?partitions=0,3,5`: distinct partition numbers, at most one of each partition; else 422."""
+        return parse_partitions(request.query.getall("partitions"), self.partitions)
 
     def _local_counts(self, batch_id: str, partitions: list[int], allowed: Callable[[str], bool]) -> dict[str, int]:
         """Counts of this worker's partitions, of rows the token may see (a token limited to other
@@ -102,7 +99,7 @@ class BatchRoutes:
 
     async def _ask(self, request: web.Request, owner: URL, batch_id: str, partitions: list[int]) -> dict[str, int]:
         url = owner.with_path(f"/api/v1/batches/{batch_id}").with_query(partitions=",".join(map(str, partitions)))
-        headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: "1"}
+        headers = self.owners.signed_headers("GET", url, {"Authorization": request.headers.get("Authorization", "")})
         try:
             async with self.owners.session.get(url, headers=headers) as reply:
                 if reply.status != 200:
@@ -111,3 +108,23 @@ class BatchRoutes:
                 return dict(body["counts"])
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unavailable(f"owner of partitions {partitions} unreachable: {exc}") from None
+
+
+def parse_partitions(values: list[str], partitions: int) -> list[int]:
+    """The partitions a worker is asked to count: decimal numbers below `partitions`, each once.
+
+    The text is bounded before it is split (5 characters a partition, a comma each), so a query of
+    4,000 zeros is a quick 422, never a loop over what it repeats.
+    """
+    where = "/query/partitions"
+    if len(values) != 1 or len(values[0]) > 6 * partitions:
+        raise unprocessable([FieldError(where, f"must be one list of at most {partitions} partition numbers")])
+    parts = values[0].split(",")
+    if any(not p.isdecimal() or not p.isascii() or len(p) > 5 for p in parts):
+        raise unprocessable([FieldError(where, "must be partition numbers separated by commas")])
+    wanted = [int(p) for p in parts]
+    if bad := [p for p in wanted if p >= partitions]:
+        raise unprocessable([FieldError(where, f"partition {bad[0]} does not exist (there are {partitions})")])
+    if len(set(wanted)) != len(wanted):
+        raise unprocessable([FieldError(where, "names a partition more than once")])
+    return wanted
