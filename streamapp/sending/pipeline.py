@@ -197,8 +197,10 @@ class Pipeline:
         reply = outcome.reply
         commands: list[RecipientCommand] = []
         if reply.kind == "failed" and reply.recipient_fault:
-            commands.append(
-                UpsertRecipient(database=command.database, originalId=command.originalId, at=at, status="bounced")
+            commands.append(  # ifExists: a bounce arriving after an erase must not recreate the recipient
+                UpsertRecipient(
+                    database=command.database, originalId=command.originalId, at=at, status="bounced", ifExists=True
+                )
             )
         elif reply.kind == "deferred" and reply.code is not None and reply.stage in ("rcpt", "data"):
             commands.append(SoftBounce(database=command.database, originalId=command.originalId, at=at, action="inc"))
