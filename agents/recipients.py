@@ -26,6 +26,7 @@ def register(sa: StreamApp) -> None:
     """Attach the agent to the app."""
 
     offsets = OffsetTracker()
+    idempotency = sa.sending.idempotency if sa.sending is not None else None
 
     async def forget(revoked: list[tuple[str, int]]) -> None:
         offsets.forget(partition for _, partition in revoked)
@@ -36,7 +37,7 @@ def register(sa: StreamApp) -> None:
     async def apply_recipient_commands(stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             skipped = offsets.seen(event.message.tp, event.message.offset)
-            if skipped is not None:  # watched, not yet seen here (docs/sending.md, "Skipped records")
+            if skipped is not None:  # an alarm: streamapp.kafka.transport keeps records from skipping agents
                 log.error("%s: offsets %d..%d skipped the agent", event.message.tp, skipped[0], skipped[1] - 1)
                 metrics.COMMAND_RECORDS_SKIPPED.inc(skipped[1] - skipped[0])
             try:
@@ -46,7 +47,7 @@ def register(sa: StreamApp) -> None:
                 metrics.COMMANDS.labels(outcome="invalid").inc()
                 continue
             partition = event.message.partition
-            chunks = Chunks.open(sa.recipients, sa.history, sa.batches, partition)
+            chunks = Chunks.open(sa.recipients, sa.history, sa.batches, partition, idempotency)
             result = apply_all(chunks, batch.commands, event.message.offset)
             await chunks.flush()
             metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - result.skipped)

@@ -1,11 +1,19 @@
-"""Serving reads from any worker: find the worker that owns a row, forward if not us.
+"""Serving a request from any worker: find the worker that owns its partition, forward if not us.
 
 A table partition lives on one worker (streamapp.kafka.ownership names it). A forwarded request
-is never forwarded again: while ownership moves, the answer is 503 with `Retry-After: 1`.
+is signed (streamapp.http.signatures) and never forwarded again.
+
+A read answers 503 with `Retry-After: 1` while ownership moves. A write that needs the owner (a
+trigger message with an idempotency key: the owner checks and records the key) waits for one
+instead, up to OWNER_PATIENCE: when a worker dies, its partitions have no live owner until the
+group notices (the consumer session timeout) and a survivor has taken them over, and with one
+worker of two alive every write must still be accepted. Forwarding such a write again is safe:
+its idempotency key makes a second arrival a replay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -15,23 +23,32 @@ from yarl import URL
 
 from streamapp.core.keys import partition_for
 from streamapp.http.errors import unavailable
+from streamapp.http.signatures import FORWARDED, PASSED_HEADERS, RequestSigner
 from streamapp.kafka.ownership import Ownership, OwnerUnknown
 
 log = logging.getLogger(__name__)
 
-FORWARDED = "X-Streamapp-Forwarded"
 #: Names the worker that read the table: for operators, and to test forwarding.
 SERVED_BY = "X-Streamapp-Served-By"
-_PASSED_HEADERS = ("Authorization", "Accept", "Content-Type", "Idempotency-Key")
+#: How long a write waits for a partition's owner: past the session timeout that lets the group
+#: notice a dead worker, the rebalance and the survivor's recovery; only a broker outage lasts longer.
+OWNER_PATIENCE = 25.0
+RETRY_FIRST, RETRY_MAX = 0.1, 1.0
+_TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=2)
 
 #: Builds the answer from this worker's own store (raises ApiError for 403/404).
 ReadLocally = Callable[[], Awaitable[web.Response]]
 
 
+class OwnerUnavailable(Exception):
+    """The owner did not answer (dead, or not ready yet), or this worker cannot forward again."""
+
+
 class OwnerRouter:
-    def __init__(self, ownership: Ownership, partitions: int) -> None:
+    def __init__(self, ownership: Ownership, partitions: int, signer: RequestSigner) -> None:
         self.ownership = ownership
         self.partitions = partitions
+        self.signer = signer
         self.self_url = ownership.self_url
         self._session: aiohttp.ClientSession | None = None
 
@@ -48,36 +65,64 @@ class OwnerRouter:
             raise unavailable(str(exc)) from None
 
     async def serve(
-        self, request: web.Request, table: str, partition: int, read: ReadLocally, body: bytes | None = None
+        self,
+        request: web.Request,
+        table: str,
+        partition: int,
+        read: ReadLocally,
+        body: bytes | None = None,
+        patience: float = 0.0,
     ) -> web.Response:
-        """Forward to the owner of `partition` (with `body`, when the request's was read already), or
-        answer from this worker's store."""
-        owner = self.owner_of_partition(table, partition)
-        if owner is not None:
-            return await self.forward(request, owner, body=body)
-        return self.served_here(await read())
+        """Answer from this worker's store, or forward to the owner of `partition` (with `body`, when the
+        request's was read already); with `patience`, wait up to that many seconds for an owner that answers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (0.0 if FORWARDED in request.headers else patience)
+        pause = RETRY_FIRST
+        while True:
+            try:
+                owner = self.ownership.owner_of(table, partition)
+                if owner is None:
+                    return self.served_here(await read())
+                return await self.forward(request, owner, body=body)
+            except (OwnerUnknown, OwnerUnavailable) as exc:
+                if loop.time() + pause > deadline:
+                    if patience:
+                        log.warning("no owner of %s partition %d answered within %.0f s: %s", table, partition,
+                                    patience, exc)  # fmt: skip
+                    raise unavailable(str(exc)) from None
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, RETRY_MAX)
 
     async def serve_key(self, request: web.Request, table: str, key: bytes, read: ReadLocally) -> web.Response:
         """`serve` for the partition of a recipient key."""
         return await self.serve(request, table, self.partition(key), read)
 
     async def forward(self, request: web.Request, owner: URL, body: bytes | None = None) -> web.Response:
-        """Replay the request (with `body`, already read) on the owner; a forwarded request is never forwarded again."""
-        if request.headers.get(FORWARDED):
-            raise unavailable("ownership is moving between workers")
-        headers = {h: request.headers[h] for h in _PASSED_HEADERS if h in request.headers}
-        headers[FORWARDED] = "1"
+        """Replay the request (with `body`, already read) on the owner, signed; raise OwnerUnavailable when
+        the owner does not answer or answers that it is not ready (503)."""
+        if FORWARDED in request.headers:
+            raise OwnerUnavailable("ownership is moving between workers")
         target = owner.with_path(request.rel_url.raw_path, encoded=True).with_query(request.rel_url.query)
+        passed = {h: request.headers[h] for h in PASSED_HEADERS if h in request.headers}
+        if body:  # what aiohttp would add unasked, and the signature must cover
+            passed.setdefault("Content-Type", "application/octet-stream")
+        headers = self.signed_headers(request.method, target, passed, body or b"")
         try:
             async with self.session.request(request.method, target, headers=headers, data=body) as reply:
-                body = await reply.read()
-                headers = {SERVED_BY: reply.headers.get(SERVED_BY, str(owner))}
+                answer = await reply.read()
+                if reply.status == 503:
+                    raise OwnerUnavailable("the owner of this partition is not ready")
+                kept = {SERVED_BY: reply.headers.get(SERVED_BY, str(owner))}
                 if "Idempotent-Replayed" in reply.headers:
-                    headers["Idempotent-Replayed"] = reply.headers["Idempotent-Replayed"]
-                return web.Response(body=body, status=reply.status, content_type=reply.content_type, headers=headers)
+                    kept["Idempotent-Replayed"] = reply.headers["Idempotent-Replayed"]
+                return web.Response(body=answer, status=reply.status, content_type=reply.content_type, headers=kept)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("forwarding to %s failed: %s", owner, exc)
-            raise unavailable("owner of this recipient is unreachable") from None
+            log.info("forwarding to %s failed: %r", owner, exc)
+            raise OwnerUnavailable("the owner of this partition is unreachable") from None
+
+    def signed_headers(self, method: str, target: URL, headers: dict[str, str], body: bytes = b"") -> dict[str, str]:
+        """`headers` and the signature that makes the receiver take the request for a forwarded one."""
+        return {**headers, FORWARDED: self.signer.sign(method, target.raw_path_qs, headers, body)}
 
     def served_here(self, response: web.Response) -> web.Response:
         response.headers[SERVED_BY] = str(self.self_url)
@@ -86,7 +131,7 @@ class OwnerRouter:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+            self._session = aiohttp.ClientSession(timeout=_TIMEOUT)
         return self._session
 
     async def close(self) -> None:

@@ -6,24 +6,29 @@ the router); this one serves only the routes of SPEC §4.
 Request bodies are never inflated: aiohttp's decompression is off (`auto_decompress=False`: it
 would inflate in its payload parser as the bytes arrive, before any handler runs), and a body
 with a Content-Encoding is answered 415 from the header (`refuse_encoded`).
+
+A request that says another worker forwarded it (`X-Streamapp-Forwarded`) must carry that
+worker's signature (streamapp.http.signatures): 401 otherwise (`trust_forwarded`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from mode import Service
 
 from streamapp import metrics
 from streamapp.core.validation import InvalidInput
-from streamapp.http.bodies import refuse_content_encoding
+from streamapp.http.bodies import read_limited, refuse_content_encoding
 from streamapp.http.errors import ApiError, json_response, unprocessable
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.http.handlers import register_routes
 from streamapp.http.loop_lag import probe_loop_lag
+from streamapp.http.signatures import FORWARDED, RequestSigner, forwarding_keys
 from streamapp.kafka.ownership import Ownership
 from streamapp.runtime import StreamApp
 
@@ -74,13 +79,47 @@ async def refuse_encoded(request: web.Request, handler: Handler) -> web.StreamRe
     return await handler(request)
 
 
+def trust_forwarded(signer: RequestSigner, max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """401 for a request with `X-Streamapp-Forwarded` but no valid, fresh signature of a worker.
+
+    Inside `observe` and `refuse_encoded`. The signature covers the body, which is read here (a
+    forwarded body is a single message, at most `max_body_bytes`) and handed on to the handler.
+    """
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        signature = request.headers.get(FORWARDED)
+        if signature is None:
+            return await handler(request)
+        body = await read_limited(request, max_body_bytes) if request.body_exists else b""
+        if not signer.verifies(signature, request.method, request.rel_url.raw_path_qs, request.headers, body):
+            raise ApiError(401, "forwarded request without a valid worker signature")
+        return await handler(_with_body(request, body) if body else request)
+
+    return check
+
+
+def _with_body(request: web.Request, body: bytes) -> web.Request:
+    """The request again, its body readable a second time (aiohttp has no public way to put one back)."""
+    # A limit above the body's size: feeding it must not pause reading the connection.
+    reader = StreamReader(request.protocol, len(body) + 1, loop=asyncio.get_running_loop())
+    reader.feed_data(body)
+    reader.feed_eof()
+    again = request.clone()
+    again._payload = reader
+    return again
+
+
 def owner_router(sa: StreamApp) -> OwnerRouter:
     service = sa.settings.service
-    return OwnerRouter(Ownership(sa.kafka, service.advertised_url), service.partitions)
+    signer = RequestSigner(forwarding_keys(sa.settings))
+    return OwnerRouter(Ownership(sa.kafka, service.advertised_url), service.partitions, signer)
 
 
 def build_web_app(sa: StreamApp, owners: OwnerRouter) -> web.Application:
-    app = web.Application(middlewares=[observe, refuse_encoded], client_max_size=sa.settings.service.max_body_bytes + 1)
+    limit = sa.settings.service.max_body_bytes
+    middlewares = [observe, refuse_encoded, trust_forwarded(owners.signer, limit)]
+    app = web.Application(middlewares=middlewares, client_max_size=limit + 1)
     register_routes(app, sa, owners)
     return app
 
@@ -91,9 +130,7 @@ class ApiServer(Service):  # type: ignore[misc]
     def __init__(self, sa: StreamApp, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.sa = sa
-        self.owners = OwnerRouter(
-            Ownership(sa.kafka, sa.settings.service.advertised_url), sa.settings.service.partitions
-        )
+        self.owners = owner_router(sa)
         self.runner = web.AppRunner(build_web_app(sa, self.owners), access_log=None, auto_decompress=False)
 
     async def on_start(self) -> None:

@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
 from streamapp import metrics
-from streamapp.kafka import flow, transport
+from streamapp.kafka import flow, security, transport
 from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,18 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "web_enabled": False,
         "canonical_url": service.advertised_url,
         "stream_wait_empty": False,
-        # A worker that died (kill -9, lost host) holds its partitions until
-        # this expires: 10 s rather than Faust's 60 s keeps failover short.
-        "broker_session_timeout": 10.0,
-        "broker_heartbeat_interval": 2.0,
+        # A worker that died (kill -9, lost host) holds its partitions until this expires, and
+        # writes that need a partition's owner wait that long (streamapp.http.forwarding): 6 s,
+        # the broker's minimum (group.min.session.timeout.ms), rather than Faust's 60 s. The
+        # heartbeat runs in the consumer's own thread, so a busy event loop does not miss it.
+        "broker_session_timeout": 6.0,
+        "broker_heartbeat_interval": 1.5,
         # Records handed to the Conductor per fetch. Unlimited, one fetch of a large campaign
         # (up to 4 MB per partition, tens of thousands of messages) had to pass through the
         # streams before a transactional record fetched with it (docs/sending.md).
         "broker_max_poll_records": 100,
+        # TLS and SASL from [service] kafka_* (streamapp.kafka.security); None: plaintext.
+        "broker_credentials": security.faust_credentials(service.kafka),
     }
 
 

@@ -1,17 +1,19 @@
-"""Records of a priority topic that reached the send agent out of order: detected and read again.
+"""Records that skipped an agent: detected (an alarm) and, for the send engine, read again.
 
-The priority topics are neither compacted nor transactional, so a partition's offsets are
-contiguous and the agent should see them one after another. If a record is skipped on the way
-in (seen once in CI: one message of 20,000 never reached the agent, and Faust, which counts a
-jump in offsets as a gap to commit past, lost it for good), the next record shows the jump.
-The engine then reads the missing range with a consumer of its own (no group, read_committed)
-and processes those messages like any other: the ledger makes a message seen twice harmless.
+Our source topics are neither compacted nor transactional, so a partition's offsets are
+contiguous and an agent should see them one after another. Records did skip agents: Faust's
+rebalance path emptied the agents' buffers after handing them records, then committed past
+them (docs/architecture.md, "Why no record skips an agent"); streamapp.kafka.transport now
+prevents it, and this check stays as the alarm (the skip counters must stay 0). A skip shows
+as a jump at the next record. The send engine then reads the missing range with a consumer of
+its own (no group, read_committed) and processes those messages like any other: the ledger
+makes a message seen twice harmless.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -42,10 +44,12 @@ class OffsetTracker:
             del self.next[tp]
 
 
-async def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[SendMessage]:
-    """The messages at offsets [start, end) of one partition."""
+async def read_range(
+    bootstrap: str, topic: str, partition: int, start: int, end: int, security: Mapping[str, Any] | None = None
+) -> list[SendMessage]:
+    """The messages at offsets [start, end) of one partition (`security`: streamapp.kafka.security.client_options)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")  # fmt: skip
+                                isolation_level="read_committed", **(security or {}))  # fmt: skip
     tp = TopicPartition(topic, partition)
     messages: list[SendMessage] = []
     await consumer.start()

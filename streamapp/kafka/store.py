@@ -90,9 +90,10 @@ class Store:
         value: bytes | None = self.db(partition).get(key)
         return value
 
-    def items(self, partition: int, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """Stored rows of a partition whose key starts with `prefix`, in key order (Faust's rows skipped)."""
-        for key, value in self.db(partition).items(from_key=prefix):
+    def items(self, partition: int, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Stored rows of a partition whose key starts with `prefix`, in key order (Faust's rows skipped),
+        from `start` on (a key after the prefix) when given: a long scan resumed in slices."""
+        for key, value in self.db(partition).items(from_key=prefix if start is None else max(prefix, start)):
             if not key.startswith(prefix):
                 break
             if not key.startswith(FAUST_KEYS):
@@ -111,6 +112,28 @@ class Store:
         pending = await aiokafka_producer(self.app).send(self.changelog, value=value, key=key, partition=partition)
         metadata = await pending
         self.record_persisted(partition, metadata.offset)
+
+    async def write_durably(self, partition: int, rows: dict[bytes, bytes | None]) -> None:
+        """Write (None: delete) rows of a partition this worker owns, in one RocksDB batch; return once the
+        changelog acknowledged every record, a tombstone for each delete (so no replica keeps the row).
+
+        Each record is sent like put_durably's, so it keeps its order with those of the same key.
+        """
+        for key, value in rows.items():
+            check_record(self.name, key, value)
+        batch = WriteBatch(raw_mode=True)
+        for key, value in rows.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self.db(partition).write(batch)
+        producer = aiokafka_producer(self.app)
+        send = producer.send
+        pending = [await send(self.changelog, value=value, key=key, partition=partition) for key, value in rows.items()]
+        if pending:
+            offsets = [metadata.offset for metadata in await asyncio.gather(*pending)]
+            self.record_persisted(partition, max(offsets))
 
     def record_persisted(self, partition: int, offset: int) -> None:
         """Advance the store's persisted changelog offset (where recovery resumes) after an ack.

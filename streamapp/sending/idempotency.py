@@ -11,6 +11,10 @@ is sent twice.
 One window remains: a partition that moves to another worker between the ownership check and
 the record's write. The new owner may then not see the record, and a retry in that moment gets a
 second message. It is as wide as one durable write during a rebalance.
+
+Each record has an index row under its recipient (streamapp.tables.idempotency), written before
+it: erasing the recipient (SPEC §3) erases its records in every partition. Records are removed
+`[service] retention` after they were made (streamapp.sending.retention).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from streamapp.core import clock
-from streamapp.core.keys import partition_for
+from streamapp.core.keys import partition_for, recipient_key
 from streamapp.core.models import IdempotencyRecord, decode_idempotency, encode
 from streamapp.kafka.store import Store
+from streamapp.tables.idempotency import index_key
 
 #: How long a key gives back its first message (SPEC §4).
 KEY_LIFETIME = timedelta(hours=24)
@@ -75,4 +80,14 @@ class IdempotencyKeys:
         return record
 
     async def put(self, key: bytes, record: IdempotencyRecord) -> None:
-        await self.store.put_durably(self.partition(key), key, encode(record))
+        """Write the record durably, after its recipient's index row (so erasing the recipient finds it)."""
+        partition = self.partition(key)
+        await self._index(partition, key, record)
+        await self.store.put_durably(partition, key, encode(record))
+
+    async def _index(self, partition: int, key: bytes, record: IdempotencyRecord) -> None:
+        recipient = recipient_key(record.upsert.database, record.upsert.originalId)
+        index = index_key(recipient, key)
+        made = record.createdAt.encode()  # the index row expires with its record (streamapp.sending.retention)
+        if self.store.get(partition, index) != made:
+            await self.store.put_durably(partition, index, made)

@@ -25,11 +25,13 @@ from streamapp.core.validation import (
     FieldError,
     InvalidInput,
     check_attributes,
+    check_declared_properties,
     check_email,
     check_original_id,
     check_properties,
     check_size,
     parse_datetime,
+    send_time_problem,
 )
 from streamapp.settings import DatabaseSettings, TriggerSettings
 
@@ -49,8 +51,10 @@ class SingleRequest:
     body_hash: str = field(default="")
 
 
-def parse_single(body: Any, db: DatabaseSettings, zone: ZoneInfo, header_key: str | None) -> SingleRequest:
-    """Validate the body; 422 listing every bad field."""
+def parse_single(
+    body: Any, db: DatabaseSettings, zone: ZoneInfo, header_key: str | None, trigger: TriggerSettings | None = None
+) -> SingleRequest:
+    """Validate the body (the properties against what `trigger` declares); 422 listing every bad field."""
     if not isinstance(body, dict):
         raise InvalidInput([FieldError("/", "must be a JSON object")])
     errors = [FieldError(f"/{k}", "unknown field") for k in body if k not in FIELDS]
@@ -60,11 +64,19 @@ def parse_single(body: Any, db: DatabaseSettings, zone: ZoneInfo, header_key: st
     errors += check_email(body.get("email"), "/email")
     properties, saved, value_errors = _values(body, db, zone)
     errors += value_errors
+    if trigger is not None and not value_errors:
+        owner = f"trigger {trigger.name!r}"
+        properties, declared_errors = check_declared_properties(
+            trigger.properties, properties, "/properties", zone, owner=owner
+        )
+        errors += declared_errors
     delivery = None
     if body.get("deliveryTime") is not None:
         delivery = parse_datetime(body["deliveryTime"], zone)
         if delivery is None:
             errors.append(FieldError("/deliveryTime", "must be an ISO 8601 date-time (e.g. 2026-12-01T08:00:00+01:00)"))
+        elif problem := send_time_problem(delivery, datetime.now(UTC)):
+            errors.append(FieldError("/deliveryTime", problem))
     key, key_errors = _idempotency_key(body.get("idempotencyKey"), header_key)
     errors += key_errors
     if errors:
@@ -110,9 +122,9 @@ def _idempotency_key(in_body: Any, in_header: str | None) -> tuple[str | None, l
 
 
 def build_commands(
-    request: SingleRequest, trigger: TriggerSettings, partitions: int, at: str
+    request: SingleRequest, trigger: TriggerSettings, partitions: int, at: str, id_key: bytes | None = None
 ) -> tuple[UpsertRecipient, SendMessage]:
-    """The recipient upsert and the message, with a new message id."""
+    """The recipient upsert and the message, with a new message id (tagged with `id_key`, streamapp.core.ids)."""
     upsert = UpsertRecipient(
         database=trigger.database,
         originalId=request.original_id,
@@ -124,7 +136,7 @@ def build_commands(
     delivery = request.delivery_time.astimezone(UTC) if request.delivery_time else None
     later = delivery is not None and delivery > datetime.now(UTC)
     message = SendMessage(
-        messageId=message_id_for(trigger.database, request.original_id, partitions),
+        messageId=message_id_for(trigger.database, request.original_id, partitions, id_key),
         database=trigger.database,
         originalId=request.original_id,
         priority="transactional",

@@ -12,12 +12,10 @@ answer, 202 with the batch id and the counts, comes once every message is acknow
 
 from __future__ import annotations
 
+import functools
 import logging
-import shutil
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
@@ -25,14 +23,15 @@ from aiohttp import web
 from streamapp import metrics
 from streamapp.core import clock
 from streamapp.core.models import BatchInfo, IdempotencyRecord, SendMessage, UpsertRecipient
-from streamapp.core.validation import FieldError, parse_datetime
+from streamapp.core.validation import FieldError, parse_datetime, send_time_problem
 from streamapp.http.auth import Authenticator, require_database
-from streamapp.http.bodies import NDJSON_TYPES, chunks_within, parse_json, read_limited
+from streamapp.http.bodies import NDJSON_TYPES, SPOOL_QUOTA_BODIES, Spool, parse_json, read_limited
 from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
-from streamapp.http.forwarding import OwnerRouter
+from streamapp.http.forwarding import OWNER_PATIENCE, OwnerRouter
 from streamapp.http.schemas import TriggerMessage
 from streamapp.http.validate import Check, validate
 from streamapp.kafka.publisher import faust_send
+from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.runtime import Sending, StreamApp
 from streamapp.sending.batch_rows import Format, read_rows
 from streamapp.sending.batches import BatchInterrupted, BatchSender, NothingAccepted, SendTarget, send_rows
@@ -74,13 +73,11 @@ class TriggerRoutes:
         self.auth = auth
         self.owners = owners
         self.keys = IdempotencyKeys(sending.idempotency, sa.settings.service.partitions)
+        self.id_key = unsubscribe_keys(sa.settings).signing  # tags message ids (streamapp.core.ids)
         self.checks = checks
-        self.spool = sa.settings.service.data_dir / "spool"
-
-    async def _clear_spool(self, app: web.Application) -> None:
-        """Bodies spooled by a previous run were never answered 202: their clients retry."""
-        shutil.rmtree(self.spool, ignore_errors=True)
-        self.spool.mkdir(parents=True, exist_ok=True)
+        service = sa.settings.service
+        self.spool = Spool(service.data_dir / "spool", SPOOL_QUOTA_BODIES * service.max_batch_bytes)
+        self.spool.clear()  # bodies spooled by a previous run were never answered 202: their clients retry
 
     def _configured(
         self, request: web.Request, what: str, configured: Mapping[str, Sent]
@@ -104,16 +101,16 @@ class TriggerRoutes:
         checked = validate(body, TriggerMessage, checks=self.checks[db.name])  # the model the OpenAPI shows
         if checked.value is None:
             raise unprocessable(checked.errors)
-        single = parse_single(body, db, self.settings.service.zone, request.headers.get("Idempotency-Key"))
+        single = parse_single(body, db, self.settings.service.zone, request.headers.get("Idempotency-Key"), trigger)
         if single.idempotency_key is None:
-            upsert, message = build_commands(single, trigger, self.settings.service.partitions, clock.now_iso())
+            upsert, message = self._commands(single, trigger)
             await self._publish(upsert, message)
             return json_response({"messageId": message.messageId}, status=202)
         key = scoped_key(token.sha256, trigger.name, single.idempotency_key)
         partition = self.keys.partition(key)
-        return await self.owners.serve(
-            request, IDEMPOTENCY, partition, lambda: self._idempotent(key, single, trigger), body=data
-        )
+        # The key's owner checks and records it; while a dead owner's partitions move, wait (a 202, not a 503).
+        write = functools.partial(self._idempotent, key, single, trigger)
+        return await self.owners.serve(request, IDEMPOTENCY, partition, write, body=data, patience=OWNER_PATIENCE)
 
     async def _idempotent(self, key: bytes, single: SingleRequest, trigger: TriggerSettings) -> web.Response:
         async with self.keys.locked(key):
@@ -122,7 +119,7 @@ class TriggerRoutes:
                 raise ApiError(409, "idempotency key already used with another body in the last 24 hours")
             replayed = record is not None and record.published  # else this call does the publishing
             if record is None:
-                upsert, message = build_commands(single, trigger, self.settings.service.partitions, clock.now_iso())
+                upsert, message = self._commands(single, trigger)
                 record = IdempotencyRecord(
                     bodyHash=single.body_hash, messageId=message.messageId, createdAt=message.enqueuedAt,
                     upsert=upsert, message=message,
@@ -134,6 +131,10 @@ class TriggerRoutes:
                 await self.keys.put(key, record)
         headers = {"Idempotent-Replayed": "true"} if replayed else None
         return json_response({"messageId": record.messageId}, status=202, headers=headers)
+
+    def _commands(self, single: SingleRequest, trigger: TriggerSettings) -> tuple[UpsertRecipient, SendMessage]:
+        """The upsert and the message, whose new id is tagged as one the API issued (streamapp.core.ids)."""
+        return build_commands(single, trigger, self.settings.service.partitions, clock.now_iso(), self.id_key)
 
     async def _publish(self, upsert: UpsertRecipient, message: SendMessage) -> None:
         """Upsert first (created before the message is read, most of the time), both acknowledged."""
@@ -161,15 +162,16 @@ class TriggerRoutes:
         parsed = parse_datetime(raw, self.settings.service.zone)
         if parsed is None:
             raise unprocessable([FieldError("/query/sendTime", "must be an ISO 8601 date-time")])
+        if problem := send_time_problem(parsed, datetime.now(UTC)):
+            raise unprocessable([FieldError("/query/sendTime", problem)])
         return clock.iso(parsed) if parsed > datetime.now(UTC) else None
 
     async def _batch(self, request: web.Request, target: SendTarget, send_time: str | None) -> web.Response:
-        db = self.settings.databases[target.database]
-        path = await self._spool_body(request)
-        try:
+        db, zone = self.settings.databases[target.database], self.settings.service.zone
+        async with self.spool.body(request, self.settings.service.max_batch_bytes) as path:
             sender = BatchSender(self.settings, target, faust_send(self.sa.faust), source="api",
                                  send_time=send_time)  # fmt: skip
-            rows = read_rows(path, body_format(request.content_type), db, self.settings.service.zone, clock.now_iso())
+            rows = read_rows(path, body_format(request.content_type), db, zone, clock.now_iso(), rules=target.rules)
             try:
                 info = await send_rows(sender, rows)
             except NothingAccepted as exc:
@@ -177,24 +179,8 @@ class TriggerRoutes:
             except BatchInterrupted as exc:
                 log.exception("batch %s interrupted", exc.batch_id)
                 raise ApiError(503, f"{exc}; see GET /api/v1/batches/{exc.batch_id} before retrying") from None
-        finally:
-            path.unlink(missing_ok=True)
         record_batch_metrics(info)
         return json_response(batch_answer(info), status=202)
-
-    async def _spool_body(self, request: web.Request) -> Path:
-        """Write the body to disk as it arrives; 413 past `service.max_batch_bytes`."""
-        limit = self.settings.service.max_batch_bytes
-        self.spool.mkdir(parents=True, exist_ok=True)
-        path = self.spool / f"{uuid.uuid4().hex}.body"
-        try:
-            with path.open("wb") as f:
-                async for chunk in chunks_within(request, limit, chunk_size=1 << 20):
-                    f.write(chunk)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
 
 
 def batch_answer(info: BatchInfo) -> dict[str, object]:
