@@ -63,7 +63,7 @@ MALFORMED: dict[str, tuple[str, bytes, str]] = {
     "no-identity.csv": ("members/crm", b"Email;FirstName\na@example.com;A\n", "identity column 'CustomerNo' not found"),
     "empty.csv": ("members/crm", b"", "the file is empty"),
     "header-only.csv": ("members/crm", b"CustomerNo;Email\n", "no data rows (only a header line)"),
-    "one-line.csv": ("members/crm", b"CustomerNo;" + b"x" * (5 << 20), "line 1 (header): field larger than field limit"),
+    "one-line.csv": ("members/crm", b"CustomerNo;" + b"x" * (5 << 20), "line 1 (header): a line longer than 1,048,576 characters"),
     "not-utf8.csv": ("members/crm", b"CustomerNo;FirstName\nB1;\xe5sa\n", "line 2, byte 24: not valid utf-8"),
 }  # fmt: skip
 
