@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamapp.kafka.app import new_faust_app
@@ -17,25 +16,12 @@ from streamapp.kafka.store import FAUST_KEYS, MAX_CHANGELOG_RECORD, RecordTooLar
 from streamapp.settings import load_settings
 from streamapp.tables.recipients import recipients_table
 from tests.fixtures import config_text
+from tests.kafka.changelogs import changelog_records
 
 pytestmark = pytest.mark.integration
 
 
-async def _changelog(bootstrap: str, topic: str, partition: int) -> list[tuple[bytes, bytes | None]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        records: list[tuple[bytes, bytes | None]] = []
-        while len(records) < end:
-            for batch in (await consumer.getmany(tp, timeout_ms=1000)).values():
-                records.extend((r.key, r.value) for r in batch)
-        return records
-    finally:
-        await consumer.stop()
+_changelog = changelog_records
 
 
 async def _exercise(kafka: str, tmp_path: Path) -> None:

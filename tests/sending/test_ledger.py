@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamapp.core import clock
@@ -30,6 +29,7 @@ from streamapp.sending.ledger import COMPLETE, DUE, WAITING, Ledger, counts_key,
 from streamapp.settings import load_settings
 from streamapp.tables.messages import messages_table
 from tests.fixtures import config_text
+from tests.kafka.changelogs import changelog_records
 
 pytestmark = pytest.mark.integration
 
@@ -57,20 +57,8 @@ async def started_ledger(kafka: str, tmp_path: Path) -> AsyncIterator[tuple[Ledg
 
 async def changelog(bootstrap: str, topic: str, partition: int) -> dict[bytes, bytes | None]:
     """The partition's rows as a replica restores them: the last record of each key."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        rows: dict[bytes, bytes | None] = {}
-        while await consumer.position(tp) < end:
-            for batch in (await consumer.getmany(tp, timeout_ms=1000)).values():
-                rows.update((r.key, r.value) for r in batch)
-        return {k: v for k, v in rows.items() if v is not None}
-    finally:
-        await consumer.stop()
+    last = dict(await changelog_records(bootstrap, topic, partition))
+    return {k: v for k, v in last.items() if v is not None}
 
 
 def state(message_id: str, batch_id: str, status: str, at: datetime = NOW, pad: int = 0) -> MessageState:

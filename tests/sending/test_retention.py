@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamapp.core import clock
@@ -50,6 +50,7 @@ from streamapp.tables.batches import batches_table
 from streamapp.tables.idempotency import SCRUB, erased_key, idempotency_table, index_key
 from streamapp.tables.messages import messages_table
 from tests.fixtures import WorkerPool, config_text, eventually
+from tests.kafka.changelogs import changelog_records
 from tests.sending.fixtures import settings_of, smtp_extra, write_templates
 
 NOW = datetime(2026, 12, 10, 12, 0, tzinfo=UTC)
@@ -156,20 +157,7 @@ def test_idempotency_records_and_their_bookkeeping_go_after_retention_never_with
 
 async def _changelog(bootstrap: str, topic: str, partition: int) -> dict[bytes, bytes | None]:
     """The last value of each key of a changelog partition (None: a tombstone)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        last: dict[bytes, bytes | None] = {}
-        while await consumer.position(tp) < end:
-            for batch in (await consumer.getmany(tp, timeout_ms=1000)).values():
-                last.update((r.key, r.value) for r in batch)
-        return last
-    finally:
-        await consumer.stop()
+    return dict(await changelog_records(bootstrap, topic, partition))
 
 
 @asynccontextmanager
