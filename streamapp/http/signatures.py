@@ -3,7 +3,7 @@
 A worker forwards a request to the worker that owns its partition (streamapp.http.forwarding),
 over plain HTTP inside the deployment. The receiver must tell a request a worker forwarded from
 one a client sent with `X-Streamapp-Forwarded` set by hand, so the header carries the time of
-signing and an HMAC-SHA256, with the first key of `[service] secret_file`, of the method, the
+signing and an HMAC-SHA256, with the keys of `[service] secret_file`, of the method, the
 path and query, that time, the SHA-256 of the body, and the caller's headers that travel along
 (Authorization, Content-Type, Idempotency-Key):
 
@@ -33,7 +33,9 @@ PASSED_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
 #: Seconds a signature stays valid, either side of the receiver's clock.
 FRESHNESS = 30
 _CONTEXT = b"streamapp-forwarded-v1"
-_VALUE = re.compile(r"t=(\d{1,12}),s=([0-9a-f]{64})")
+#: Signatures one header may carry: a ring longer than this signs with its first keys only.
+MAX_SIGNATURES = 8
+_VALUE = re.compile(r"t=(\d{1,12})((?:,s=[0-9a-f]{64}){1,%d})" % MAX_SIGNATURES)
 
 
 class RequestSigner:
@@ -45,8 +47,9 @@ class RequestSigner:
     def sign(self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes, now: float | None = None) -> str:
         """The `X-Streamapp-Forwarded` value for this request."""
         signed_at = int(time.time() if now is None else now)
-        mac = _mac(self.keys.signing, _message(method, path_qs, signed_at, headers, body))
-        return f"t={signed_at},s={mac}"
+        message = _message(method, path_qs, signed_at, headers, body)
+        keys = [self.keys.signing, *(key for key in self.keys.verifying if key != self.keys.signing)]
+        return f"t={signed_at}" + "".join(f",s={_mac(key, message)}" for key in keys[:MAX_SIGNATURES])
 
     def verifies(
         self, value: str, method: str, path_qs: str, headers: Mapping[str, str], body: bytes, now: float | None = None
@@ -55,12 +58,13 @@ class RequestSigner:
         match = _VALUE.fullmatch(value.strip())
         if match is None:
             return False
-        signed_at, mac = int(match.group(1)), match.group(2)
+        signed_at, macs = int(match.group(1)), match.group(2).split(",s=")[1:]
         if abs((time.time() if now is None else now) - signed_at) > FRESHNESS:
             return False
         message = _message(method, path_qs, signed_at, headers, body)
-        matches = [hmac.compare_digest(mac, _mac(key, message)) for key in self.keys.verifying]
-        return any(matches)  # every key tried: the time taken does not tell which one matched
+        expected = [_mac(key, message) for key in self.keys.verifying]
+        matches = [hmac.compare_digest(mac, mine) for mac in macs for mine in expected]
+        return any(matches)  # every pair tried: the time taken does not tell which one matched
 
 
 def forwarding_keys(settings: Settings) -> KeyRing:

@@ -34,6 +34,10 @@ def test_a_signature_verifies_with_any_key_of_the_ring_and_only_for_its_request(
     rotated = RequestSigner(KeyRing.of([NEW, OLD]))  # the new key signs, the old one still verifies
     assert rotated.verifies(signed, "POST", PATH, HEADERS, BODY, now=now + 1)
     assert not RequestSigner(KeyRing.of([NEW])).verifies(signed, "POST", PATH, HEADERS, BODY, now=now)
+    # A worker that already signs with the new key is still understood by one that has only the old one.
+    ahead = rotated.sign("POST", PATH, HEADERS, BODY, now=now)
+    assert RequestSigner(KeyRing.of([OLD])).verifies(ahead, "POST", PATH, HEADERS, BODY, now=now)
+    assert not RequestSigner(KeyRing.of([b"x" * 32])).verifies(ahead, "POST", PATH, HEADERS, BODY, now=now)
     for method, path, headers, body in [
         ("GET", PATH, HEADERS, BODY),
         ("POST", "/api/v1/triggers/other/messages?x=1", HEADERS, BODY),
