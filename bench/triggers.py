@@ -40,7 +40,8 @@ from bench.harness import sink_and_pool
 from tests.fixtures import TOKENS, Worker
 from tests.sending.fixtures import ledger, settings_of, smtp_extra, write_templates
 
-SENDER = {"Authorization": f"Bearer {TOKENS['sender']}"}
+#: Batch and campaign rows carry email and attributes: `send` and `recipients:write` (SPEC §4).
+SENDER = {"Authorization": f"Bearer {TOKENS['campaigner']}"}
 
 
 def batch_status(api: httpx.Client, batch_id: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ TOKENS = {
     "admin": "test-admin-token",
     "reader": "test-reader-token",
     "sender": "test-sender-token",
+    "campaigner": "test-campaigner-token",
     "other": "test-other-db-token",
 }
 
@@ -75,6 +76,11 @@ scopes = ["recipients:read"]
 name = "sender"
 sha256 = "{sha(TOKENS["sender"])}"
 scopes = ["send"]
+
+[[tokens]]
+name = "campaigner"
+sha256 = "{sha(TOKENS["campaigner"])}"
+scopes = ["send", "recipients:write"]
 
 [[tokens]]
 name = "other"

@@ -35,7 +35,7 @@ FRESHNESS = 30
 _CONTEXT = b"streamapp-forwarded-v1"
 #: Signatures one header may carry: a ring longer than this signs with its first keys only.
 MAX_SIGNATURES = 8
-_VALUE = re.compile(r"t=(\d{1,12})((?:,s=[0-9a-f]{64}){1,%d})" % MAX_SIGNATURES)
+_VALUE = re.compile(rf"t=(\d{{1,12}})((?:,s=[0-9a-f]{{64}}){{1,{MAX_SIGNATURES}}})")
 
 
 class RequestSigner:

@@ -120,6 +120,24 @@ def read_rows(
     return _first_rows(chunks, max_rows)
 
 
+def first_recipient_write(chunks: Iterator[RowChunk]) -> RowError | None:
+    """Where the first good row that writes the recipient (an `email` or attributes) is, or None.
+
+    A token with `send` but not `recipients:write` may send to recipients, not rewrite them
+    (SPEC §4): the route reads the spooled body once with this before sending any of it.
+    Rejected rows write nothing, so they do not count; a body that stops being readable
+    stops the scan (the send then reports it as usual).
+    """
+    try:
+        for chunk in chunks:
+            for upsert, place in zip(chunk.upserts, chunk.places, strict=True):
+                if upsert.email is not msgspec.UNSET or upsert.attributes:
+                    return place
+    except FileRejected:
+        return None
+    return None
+
+
 def _first_rows(chunks: Iterator[RowChunk], max_rows: int) -> Iterator[RowChunk]:
     """At most `max_rows` rows, and only the first row of each originalId (SeenIds)."""
     seen, rows = SeenIds(), 0

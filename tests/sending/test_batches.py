@@ -77,7 +77,7 @@ def body_of(items: list[dict[str, Any]], fmt: str) -> tuple[bytes, str]:
     return as_csv(items), "text/csv"
 
 
-def post_batch(worker: Worker, path: str, body: bytes, content_type: str, token: str = "sender") -> Any:
+def post_batch(worker: Worker, path: str, body: bytes, content_type: str, token: str = "campaigner") -> Any:
     with client(worker, token) as api:
         return api.post(path, content=body, headers={"Content-Type": content_type}, timeout=120)
 
@@ -146,6 +146,30 @@ def test_batch_bodies_that_cannot_be_read_are_refused_whole(sending: tuple[Worke
     assert post_batch(worker, "/api/v1/campaigns/nope/sends", b"[]", "application/json").status_code == 404
     response = post_batch(worker, "/api/v1/campaigns/promo/sends?sendTime=tomorrow", b"[]", "application/json")
     assert response.status_code == 422 and response.json()["details"][0]["path"] == "/query/sendTime"
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
+def test_a_send_only_token_sends_to_recipients_but_does_not_rewrite_them(
+    sending: tuple[Worker, Path], fmt: str
+) -> None:
+    worker, maildir = sending
+    known = rows(f"so{fmt}", 3)
+    add_recipients(worker, [r["originalId"] for r in known], attributes={"firstname": "Kept", "zipcode": "22222"})
+    rewrite = [{"originalId": r["originalId"]} for r in known[:2]] + [known[2]]  # the third row carries email
+    body, content_type = body_of(rewrite, fmt)
+    refused = post_batch(worker, "/api/v1/campaigns/promo/sends", body, content_type, token="sender")
+    assert refused.status_code == 403, refused.text
+    where = {"json": "item 2", "ndjson": "line 3", "csv": "line 4"}[fmt]  # empty CSV cells write nothing
+    assert "recipients:write" in refused.json()["error"] and where in refused.json()["error"], refused.text
+    assert recipient(worker, known[2]["originalId"])["attributes"] == {"firstname": "Kept", "zipcode": "22222"}
+    assert not list((worker.data_dir / "spool").iterdir())
+    ids = [{"originalId": r["originalId"]} for r in known]
+    ids_only = "".join(f"{i['originalId']}\r\n" for i in [{"originalId": "originalId"}, *ids]).encode() if (
+        fmt == "csv") else body_of(ids, fmt)[0]  # fmt: skip
+    sent = post_batch(worker, "/api/v1/triggers/hello/batches", ids_only, content_type, token="sender")
+    assert sent.status_code == 202 and sent.json()["accepted"] == 3, sent.text
+    wait_batch(worker, sent.json()["batchId"], 3)
+    assert mail_by_recipient(maildir)[f"so{fmt}-2@example.com"]["Subject"] == "Hello Kept"
 
 
 def test_a_body_over_the_batch_limit_is_413_and_nothing_is_sent(sending: tuple[Worker, Path]) -> None:

@@ -12,6 +12,7 @@ answer, 202 with the batch id and the counts, comes once every message is acknow
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from aiohttp import web
 
 from streamapp import metrics
 from streamapp.core import clock
-from streamapp.core.models import BatchInfo, IdempotencyRecord, SendMessage, UpsertRecipient
+from streamapp.core.models import BatchInfo, IdempotencyRecord, RowError, SendMessage, UpsertRecipient
 from streamapp.core.validation import FieldError, parse_datetime, send_time_problem
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.bodies import NDJSON_TYPES, SPOOL_QUOTA_BODIES, Spool, parse_json, read_limited
@@ -33,7 +34,7 @@ from streamapp.http.validate import Check, validate
 from streamapp.kafka.publisher import faust_send
 from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.runtime import Sending, StreamApp
-from streamapp.sending.batch_rows import Format, read_rows
+from streamapp.sending.batch_rows import Format, first_recipient_write, read_rows
 from streamapp.sending.batches import BatchInterrupted, BatchSender, NothingAccepted, SendTarget, send_rows
 from streamapp.sending.enqueue import publish_messages
 from streamapp.sending.idempotency import IdempotencyKeys, scoped_key
@@ -147,12 +148,12 @@ class TriggerRoutes:
     # -- batches -----------------------------------------------------------------------------
 
     async def post_trigger_batch(self, request: web.Request) -> web.Response:
-        _, trigger = self._configured(request, "trigger", self.settings.triggers)
-        return await self._batch(request, SendTarget.trigger(trigger), send_time=None)
+        token, trigger = self._configured(request, "trigger", self.settings.triggers)
+        return await self._batch(request, token, SendTarget.trigger(trigger), send_time=None)
 
     async def post_campaign_sends(self, request: web.Request) -> web.Response:
-        _, campaign = self._configured(request, "campaign", self.settings.campaigns)
-        return await self._batch(request, SendTarget.campaign(campaign), send_time=self._send_time(request))
+        token, campaign = self._configured(request, "campaign", self.settings.campaigns)
+        return await self._batch(request, token, SendTarget.campaign(campaign), send_time=self._send_time(request))
 
     def _send_time(self, request: web.Request) -> str | None:
         """`?sendTime=` as UTC ISO; absent or past means now (None)."""
@@ -166,12 +167,20 @@ class TriggerRoutes:
             raise unprocessable([FieldError("/query/sendTime", problem)])
         return clock.iso(parsed) if parsed > datetime.now(UTC) else None
 
-    async def _batch(self, request: web.Request, target: SendTarget, send_time: str | None) -> web.Response:
+    async def _batch(
+        self, request: web.Request, token: TokenSettings, target: SendTarget, send_time: str | None
+    ) -> web.Response:
         db, zone = self.settings.databases[target.database], self.settings.service.zone
+        fmt = body_format(request.content_type)
         async with self.spool.body(request, self.settings.service.max_batch_bytes) as path:
+            if not token.allows("recipients:write"):
+                rows = read_rows(path, fmt, db, zone, clock.now_iso(), rules=target.rules)
+                if (place := await asyncio.to_thread(first_recipient_write, rows)) is not None:
+                    raise ApiError(403, f"token {token.name!r} lacks scope 'recipients:write', which rows that "
+                                        f"carry an email or attributes need ({_where(place)})")  # fmt: skip
             sender = BatchSender(self.settings, target, faust_send(self.sa.faust), source="api",
                                  send_time=send_time)  # fmt: skip
-            rows = read_rows(path, body_format(request.content_type), db, zone, clock.now_iso(), rules=target.rules)
+            rows = read_rows(path, fmt, db, zone, clock.now_iso(), rules=target.rules)
             try:
                 info = await send_rows(sender, rows)
             except NothingAccepted as exc:
@@ -181,6 +190,10 @@ class TriggerRoutes:
                 raise ApiError(503, f"{exc}; see GET /api/v1/batches/{exc.batch_id} before retrying") from None
         record_batch_metrics(info)
         return json_response(batch_answer(info), status=202)
+
+
+def _where(place: RowError) -> str:
+    return f"line {place.line}" if place.line is not None else f"item {place.item}"
 
 
 def batch_answer(info: BatchInfo) -> dict[str, object]:
