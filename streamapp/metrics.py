@@ -67,6 +67,10 @@ COMMAND_RECORDS_SKIPPED = Counter(
     "streamapp_command_records_skipped",
     "Recipient-command records whose offsets the agent never saw (a jump in a partition's offsets)",
 )
+IDEMPOTENCY_UNCHECKED = Counter(
+    "streamapp_idempotency_unchecked",
+    "Trigger messages with an idempotency key accepted while no owner of the key answered (not checked for 409)",
+)
 EVENT_LOOP_LAG = Histogram(
     "streamapp_event_loop_lag_seconds",
     "How late the event loop ran a timer (streamapp.http.loop_lag): time blocked by one request or task",

@@ -15,6 +15,12 @@ Ids the API issues end in a tag (8 hex digits): an HMAC, with the deployment's k
 that has no ledger row yet tells an id that was issued (`queued`: SPEC §3, never 404 after a 202)
 from one that never was (404) by the tag alone, with no record written before the 202. 32 bits
 are enough: a forged id gains nothing but the answer `queued` for a message that does not exist.
+
+A message sent with an idempotency key has an id derived from the request (the client's scoped
+key and the body's hash) and its UTC day, instead of a random one: a worker that cannot reach the
+key's owner (streamapp.http.forwarding) still answers a retry with the id of the first attempt,
+and the send engine's ledger, keyed by id, sends that message once however often it is published.
+Its time part is the start of that day.
 Ids without a tag (made before tags existed, or by tests and benchmarks) are still valid ids.
 """
 
@@ -36,6 +42,8 @@ _BATCH_ID = re.compile(r"(\d{4})[0-9a-f]{20}")
 SINGLE_SIGNED, BATCH_SIGNED = 40, 44
 TAG_HEX = 8
 _TAG_CONTEXT = b"streamapp-message-id\0"
+_DERIVED_CONTEXT = b"streamapp-idempotent-message\0"
+DAY_MS = 86_400_000
 
 
 def new_message_id(partition: int, now: float | None = None) -> str:
@@ -50,6 +58,20 @@ def message_id_for(
     """A new id for a message to this recipient, tagged with `key` (the signing key) when given."""
     unsigned = new_message_id(partition_for(recipient_key(database, original_id), partitions))
     return unsigned if key is None else unsigned + _tag(key, unsigned, database, priority)
+
+
+def idempotent_message_id(
+    database: str, original_id: str, partitions: int, key: bytes, request: bytes, now: float | None = None
+) -> str:
+    """The id of the message an idempotent `request` (scoped key and body hash) makes today, tagged with `key`.
+
+    The same request on the same UTC day gets the same id on any worker, with no lookup.
+    """
+    day = int((time.time() if now is None else now) * 1000) // DAY_MS * DAY_MS
+    partition = partition_for(recipient_key(database, original_id), partitions)
+    derived = hmac.digest(key, _DERIVED_CONTEXT + request + b"\0" + str(day).encode(), hashlib.sha256)[:8].hex()
+    unsigned = f"{partition:04d}{day:012x}{derived}"
+    return unsigned + _tag(key, unsigned, database, "transactional")
 
 
 def partition_of(message_id: str) -> int | None:

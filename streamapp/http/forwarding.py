@@ -3,12 +3,13 @@
 A table partition lives on one worker (streamapp.kafka.ownership names it). A forwarded request
 is signed (streamapp.http.signatures) and never forwarded again.
 
-A read answers 503 with `Retry-After: 1` while ownership moves. A write that needs the owner (a
+A read answers 503 with `Retry-After: 1` while ownership moves. A write that asks the owner (a
 trigger message with an idempotency key: the owner checks and records the key) waits for one
 instead, up to OWNER_PATIENCE: when a worker dies, its partitions have no live owner until the
-group notices (the consumer session timeout) and a survivor has taken them over, and with one
-worker of two alive every write must still be accepted. Forwarding such a write again is safe:
-its idempotency key makes a second arrival a replay.
+group notices (the consumer session timeout) and a survivor has taken them over. If no owner
+answers by then (a restarted worker may replay its changelogs for a minute and more), the write
+goes on without it (`without_owner`): with one worker of two alive every write is accepted.
+Forwarding such a write again is safe: its idempotency key makes a second arrival a replay.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Names the worker that read the table: for operators, and to test forwarding.
 SERVED_BY = "X-Streamapp-Served-By"
-#: How long a write waits for a partition's owner: past the session timeout that lets the group
-#: notice a dead worker, the rebalance and the survivor's recovery; only a broker outage lasts longer.
-OWNER_PATIENCE = 25.0
+#: How long a write waits for a partition's owner before it goes on without it: the session timeout
+#: that lets the group notice a dead worker (6 s), the rebalance and a survivor's short recovery.
+OWNER_PATIENCE = 10.0
 RETRY_FIRST, RETRY_MAX = 0.1, 1.0
 _TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=2)
 
@@ -72,9 +73,12 @@ class OwnerRouter:
         read: ReadLocally,
         body: bytes | None = None,
         patience: float = 0.0,
+        without_owner: Callable[[], Awaitable[web.Response]] | None = None,
     ) -> web.Response:
         """Answer from this worker's store, or forward to the owner of `partition` (with `body`, when the
-        request's was read already); with `patience`, wait up to that many seconds for an owner that answers."""
+        request's was read already); with `patience`, wait up to that many seconds for an owner that answers,
+        then answer with `without_owner` if given (a request forwarded to this worker never does: its
+        sender decides)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (0.0 if FORWARDED in request.headers else patience)
         pause = RETRY_FIRST
@@ -89,6 +93,8 @@ class OwnerRouter:
                     if patience:
                         log.warning("no owner of %s partition %d answered within %.0f s: %s", table, partition,
                                     patience, exc)  # fmt: skip
+                    if without_owner is not None and FORWARDED not in request.headers:
+                        return await without_owner()
                     raise unavailable(str(exc)) from None
             await asyncio.sleep(pause)
             pause = min(2 * pause, RETRY_MAX)

@@ -122,9 +122,15 @@ def _idempotency_key(in_body: Any, in_header: str | None) -> tuple[str | None, l
 
 
 def build_commands(
-    request: SingleRequest, trigger: TriggerSettings, partitions: int, at: str, id_key: bytes | None = None
+    request: SingleRequest,
+    trigger: TriggerSettings,
+    partitions: int,
+    at: str,
+    id_key: bytes | None = None,
+    message_id: str | None = None,
 ) -> tuple[UpsertRecipient, SendMessage]:
-    """The recipient upsert and the message, with a new message id (tagged with `id_key`, streamapp.core.ids)."""
+    """The recipient upsert and the message, with `message_id` or a new id (tagged with `id_key`,
+    streamapp.core.ids)."""
     upsert = UpsertRecipient(
         database=trigger.database,
         originalId=request.original_id,
@@ -136,7 +142,7 @@ def build_commands(
     delivery = request.delivery_time.astimezone(UTC) if request.delivery_time else None
     later = delivery is not None and delivery > datetime.now(UTC)
     message = SendMessage(
-        messageId=message_id_for(trigger.database, request.original_id, partitions, id_key),
+        messageId=message_id or message_id_for(trigger.database, request.original_id, partitions, id_key),
         database=trigger.database,
         originalId=request.original_id,
         priority="transactional",

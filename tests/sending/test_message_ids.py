@@ -9,6 +9,7 @@ from streamapp.core.ids import (
     SINGLE_SIGNED,
     batch_message_id,
     batch_prefix,
+    idempotent_message_id,
     issued,
     message_id_for,
     new_batch_id,
@@ -70,3 +71,21 @@ def test_every_id_shape_names_its_partition() -> None:
     assert sorted(len(s) for s in shapes) == [32, 36, 40, 44]
     assert [partition_of(s) for s in shapes[2:]] == [3, 3]
     assert all(partition_of(s + "0") is None and partition_of(s[:-1]) is None for s in shapes)
+
+
+def test_an_idempotent_request_gets_one_id_a_day_on_any_worker() -> None:
+    noon = 1_800_000_000 // 86_400 * 86_400 + 43_200.0  # 12:00 UTC
+    request = b"digest\x1fwelcome\x1fkey-1\0bodyhash"
+    first = idempotent_message_id("members", "ann", 8, KEY, request, now=noon)
+    assert idempotent_message_id("members", "ann", 8, KEY, request, now=noon + 11 * 3600) == first  # 23:00
+    assert len(first) == SINGLE_SIGNED and partition_of(first) == partition_for(recipient_key("members", "ann"), 8)
+    found = issued(first, [KEY], CANDIDATES)
+    assert found is not None and (found.database, found.priority) == ("members", "transactional")
+    assert found.at == noon - 43_200  # its time part is the start of the day
+    others = {
+        idempotent_message_id("members", "ann", 8, KEY, request, now=noon + 12 * 3600),  # the next day
+        idempotent_message_id("members", "ann", 8, KEY, request.replace(b"bodyhash", b"otherbody"), now=noon),
+        idempotent_message_id("members", "ann", 8, KEY, request.replace(b"key-1", b"key-2"), now=noon),
+        idempotent_message_id("members", "ann", 8, OTHER_KEY, request, now=noon),  # another deployment
+    }
+    assert first not in others and len(others) == 4

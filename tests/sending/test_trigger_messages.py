@@ -161,7 +161,7 @@ def test_a_scheduled_campaign_goes_out_once_and_not_early_across_a_rebalance(
     pool, worker, maildir = sending
     items = "".join(f'{{"originalId": "sched-{i}", "email": "sched-{i}@example.com"}}\n' for i in range(200))
     send_time = datetime.now(UTC) + timedelta(seconds=15)
-    with client(worker, "sender") as api:
+    with client(worker, "campaigner") as api:
         response = api.post(
             "/api/v1/campaigns/newsletter/sends",
             params={"sendTime": send_time.isoformat()},

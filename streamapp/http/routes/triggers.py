@@ -23,6 +23,7 @@ from aiohttp import web
 
 from streamapp import metrics
 from streamapp.core import clock
+from streamapp.core.ids import idempotent_message_id
 from streamapp.core.models import BatchInfo, IdempotencyRecord, RowError, SendMessage, UpsertRecipient
 from streamapp.core.validation import FieldError, parse_datetime, send_time_problem
 from streamapp.http.auth import Authenticator, require_database
@@ -109,9 +110,13 @@ class TriggerRoutes:
             return json_response({"messageId": message.messageId}, status=202)
         key = scoped_key(token.sha256, trigger.name, single.idempotency_key)
         partition = self.keys.partition(key)
-        # The key's owner checks and records it; while a dead owner's partitions move, wait (a 202, not a 503).
+        # The key's owner checks and records it; while a dead owner's partitions move, wait for it, then
+        # go on without it: the message id derived from the request makes a retry a replay all the same.
         write = functools.partial(self._idempotent, key, single, trigger)
-        return await self.owners.serve(request, IDEMPOTENCY, partition, write, body=data, patience=OWNER_PATIENCE)
+        alone = functools.partial(self._without_owner, key, single, trigger)
+        return await self.owners.serve(
+            request, IDEMPOTENCY, partition, write, body=data, patience=OWNER_PATIENCE, without_owner=alone
+        )
 
     async def _idempotent(self, key: bytes, single: SingleRequest, trigger: TriggerSettings) -> web.Response:
         async with self.keys.locked(key):
@@ -120,7 +125,7 @@ class TriggerRoutes:
                 raise ApiError(409, "idempotency key already used with another body in the last 24 hours")
             replayed = record is not None and record.published  # else this call does the publishing
             if record is None:
-                upsert, message = self._commands(single, trigger)
+                upsert, message = self._commands(single, trigger, key)
                 record = IdempotencyRecord(
                     bodyHash=single.body_hash, messageId=message.messageId, createdAt=message.enqueuedAt,
                     upsert=upsert, message=message,
@@ -133,9 +138,29 @@ class TriggerRoutes:
         headers = {"Idempotent-Replayed": "true"} if replayed else None
         return json_response({"messageId": record.messageId}, status=202, headers=headers)
 
-    def _commands(self, single: SingleRequest, trigger: TriggerSettings) -> tuple[UpsertRecipient, SendMessage]:
-        """The upsert and the message, whose new id is tagged as one the API issued (streamapp.core.ids)."""
-        return build_commands(single, trigger, self.settings.service.partitions, clock.now_iso(), self.id_key)
+    async def _without_owner(self, key: bytes, single: SingleRequest, trigger: TriggerSettings) -> web.Response:
+        """No owner of the key answered: publish with the derived id, unrecorded (README "Idempotency").
+
+        A retry gets the same id, and the ledger sends the message once; what this cannot do is tell a
+        reuse of the key with another body (a 409 when the owner answers).
+        """
+        upsert, message = self._commands(single, trigger, key)
+        await self._publish(upsert, message)
+        metrics.IDEMPOTENCY_UNCHECKED.inc()
+        log.info("message %s accepted without the owner of its idempotency key", message.messageId)
+        return json_response({"messageId": message.messageId}, status=202)
+
+    def _commands(
+        self, single: SingleRequest, trigger: TriggerSettings, key: bytes | None = None
+    ) -> tuple[UpsertRecipient, SendMessage]:
+        """The upsert and the message, whose id is tagged as one the API issued (streamapp.core.ids): derived
+        from the request when it has an idempotency key (`key`), else new."""
+        partitions = self.settings.service.partitions
+        derived = None
+        if key is not None:
+            request = key + b"\0" + single.body_hash.encode()
+            derived = idempotent_message_id(trigger.database, single.original_id, partitions, self.id_key, request)
+        return build_commands(single, trigger, partitions, clock.now_iso(), self.id_key, message_id=derived)
 
     async def _publish(self, upsert: UpsertRecipient, message: SendMessage) -> None:
         """Upsert first (created before the message is read, most of the time), both acknowledged."""
