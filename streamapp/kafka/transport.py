@@ -1,6 +1,6 @@
 """Faust's aiokafka transport with the consumer streamapp needs: no record skips an agent.
 
-Four changes to faust-streaming 0.15's consumer (hence the pin):
+Five changes to faust-streaming 0.15's consumer (hence the pin):
 
 - **A short fetch long-poll.** Faust hard-codes `fetch_max_wait_ms=1500`. aiokafka re-fetches a
   partition only after its buffered records are consumed, and waits for the in-flight long-poll
@@ -19,6 +19,7 @@ Four changes to faust-streaming 0.15's consumer (hence the pin):
   jump a seek in the middle of a fetched batch fakes. Our source topics are neither compacted nor
   transactional, so every offset between two records holds one: a commit passes only offsets that
   were acknowledged, from where the partition was sought (or the first offset the log still has).
+- **Recovery never seeks to a negative offset** (`seekable`), which crashed a worker.
 - **Stream and changelog partitions take turns.** aiokafka hands out a call's records from its
   buffered fetches in the order they arrived; a standby replica's changelog traffic kept the
   agents' partitions waiting for over a minute after a rebalance.
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as driver
@@ -47,6 +48,26 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
         return consumer
+
+    async def seek_wait(self, partitions: Mapping[Any, Any]) -> None:
+        """Faust's seek, with every offset one aiokafka accepts (`seekable`)."""
+        await super().seek_wait(seekable(partitions))
+
+
+def seekable(partitions: Mapping[Any, Any]) -> dict[Any, int]:
+    """`partitions` with an offset below 0 (or none) replaced by 0: read from the start of the log.
+
+    Faust's recovery seeks each changelog partition to the later of its persisted offset and the
+    log's first offset minus one, and turns only -1 into 0. A partition with nothing persisted
+    whose first offset the broker did not give (-1, seen right after a broker restart) makes -2,
+    aiokafka raises ValueError("Offset must be a positive integer") and the worker crashes in the
+    middle of a rebalance (seen twice in eight chaos runs). From 0, the consumer reads whatever the
+    log still holds (an offset before its start resets to the earliest), as for -1.
+    """
+    fixed = {tp: offset if isinstance(offset, int) and offset >= 0 else 0 for tp, offset in partitions.items()}
+    if odd := {tp: offset for tp, offset in partitions.items() if fixed[tp] != offset}:
+        log.warning("seeking from the start of the log instead of the invalid offsets %s", odd)
+    return fixed
 
 
 class Consumer(driver.Consumer):  # type: ignore[misc]

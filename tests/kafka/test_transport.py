@@ -6,16 +6,19 @@ shows what Faust's own rule commits, which is how records were lost (streamapp.k
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from streamapp.kafka.app import new_faust_app
-from streamapp.kafka.transport import Consumer
+from streamapp.kafka.transport import Consumer, seekable
 from streamapp.settings import load_settings
 from tests.fixtures import config_text
 
@@ -78,3 +81,21 @@ def test_nothing_is_committed_before_the_partition_was_sought_or_read(consumer: 
     assert consumer._new_offset(PARTITION) is None
     stand(consumer, committed=None, first=0, acked=[0, 1])  # a partition never committed, read from its start
     assert consumer._new_offset(PARTITION) == 2
+
+
+def test_recovery_seeks_only_to_offsets_aiokafka_accepts() -> None:
+    changelog = [TopicPartition("t-recipients-changelog", p) for p in range(4)]
+    asked = {changelog[0]: 120, changelog[1]: -1, changelog[2]: -2, changelog[3]: None}
+    fixed = seekable(asked)
+    assert fixed == {changelog[0]: 120, changelog[1]: 0, changelog[2]: 0, changelog[3]: 0}
+
+    async def seek_all() -> None:  # aiokafka's own checks, on a consumer that is never started
+        client = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9")
+        client.assign(changelog)
+        try:
+            with pytest.raises(ValueError, match="Offset must be a positive integer"):
+                client.seek(changelog[2], -2)  # what Faust's recovery asked for, and what crashed a worker
+        finally:
+            await client.stop()
+
+    asyncio.run(seek_all())
