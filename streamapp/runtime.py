@@ -14,7 +14,7 @@ import faust
 
 from streamapp.core.models import PRIORITIES, Priority
 from streamapp.kafka.app import KafkaApp, new_faust_app, source_topic
-from streamapp.kafka.publisher import CommandPublisher, faust_send
+from streamapp.kafka.publisher import ACK_DEADLINE, CommandPublisher, faust_send
 from streamapp.kafka.store import Store
 from streamapp.kafka.topics import commands_topic, messages_topic
 from streamapp.sending.engine import SendEngine, SendStores
@@ -61,7 +61,8 @@ def create_runtime(settings: Settings) -> StreamApp:
     app = new_faust_app(settings)
     kafka = KafkaApp(app)
     partitions = settings.service.partitions
-    publisher = CommandPublisher(faust_send(app), commands_topic(settings), partitions)
+    # The API's writes answer 503 once Kafka is out for ACK_DEADLINE; the send engine's wait for it.
+    publisher = CommandPublisher(faust_send(app), commands_topic(settings), partitions, deadline=ACK_DEADLINE)
     recipients = Store(app, recipients_table(app, partitions))
     history = Store(app, history_table(app, partitions))
     return StreamApp(
@@ -72,15 +73,14 @@ def create_runtime(settings: Settings) -> StreamApp:
         history=history,
         batches=Store(app, batches_table(app, partitions)),
         publisher=publisher,
-        sending=_sending(settings, kafka, recipients, history, publisher) if settings.smtp is not None else None,
+        sending=_sending(settings, kafka, recipients, history) if settings.smtp is not None else None,
     )
 
 
-def _sending(
-    settings: Settings, kafka: KafkaApp, recipients: Store, history: Store, publisher: CommandPublisher
-) -> Sending:
+def _sending(settings: Settings, kafka: KafkaApp, recipients: Store, history: Store) -> Sending:
     """Priority topics, the message ledger, idempotency keys and the send engine (docs/sending.md)."""
     app, partitions = kafka.faust, settings.service.partitions
+    publisher = CommandPublisher(faust_send(app), commands_topic(settings), partitions)
     messages = Store(app, messages_table(app, partitions))
     engine = SendEngine(settings, kafka, SendStores(recipients, history, messages), publisher)
     return Sending(

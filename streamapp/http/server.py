@@ -24,12 +24,13 @@ from mode import Service
 from streamapp import metrics
 from streamapp.core.validation import InvalidInput
 from streamapp.http.bodies import read_limited, refuse_content_encoding
-from streamapp.http.errors import ApiError, json_response, unprocessable
+from streamapp.http.errors import ApiError, json_response, unavailable, unprocessable
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.http.handlers import register_routes
 from streamapp.http.loop_lag import probe_loop_lag
 from streamapp.http.signatures import FORWARDED, RequestSigner, forwarding_keys
 from streamapp.kafka.ownership import Ownership
+from streamapp.kafka.publisher import KafkaUnavailable
 from streamapp.runtime import StreamApp
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = exc.response()
     except InvalidInput as exc:
         response = unprocessable(exc.errors, exc.message).response()
+    except KafkaUnavailable as exc:
+        response = unavailable(f"{request.method} {request.path}: {exc}").response()
     except web.HTTPException as exc:
         kept = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         response = json_response({"error": exc.reason}, status=exc.status, headers=kept)

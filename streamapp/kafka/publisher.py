@@ -21,9 +21,27 @@ from streamapp.kafka.security import client_options
 from streamapp.kafka.topics import bootstrap_servers
 from streamapp.settings import Settings
 
+#: How long a request's write may wait for Kafka: a healthy broker acknowledges in milliseconds, so
+#: past this the broker is out (aiokafka would wait for it for ever) and the answer is a 503.
+ACK_DEADLINE = 15.0
+
 #: Commands per event; keeps an event far below Kafka's 1 MB message limit.
 CHUNK = 1000
 MAX_EVENT_BYTES = 900_000
+
+
+class KafkaUnavailable(Exception):
+    """Kafka did not acknowledge a write within its deadline: the write may or may not have happened."""
+
+
+@contextlib.asynccontextmanager
+async def acknowledged_within(seconds: float | None) -> AsyncIterator[None]:
+    """Raise KafkaUnavailable if the block (sends and their acks) takes longer than `seconds` (None: no limit)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise KafkaUnavailable(f"Kafka did not acknowledge within {seconds:.0f} s") from None
 
 
 def group_by_partition(commands: Sequence[RecipientCommand], partitions: int) -> dict[int, list[Command]]:
@@ -109,18 +127,25 @@ class AckWindow:
 
 
 class CommandPublisher:
-    """Sends command batches to the recipient-commands topic."""
+    """Sends command batches to the recipient-commands topic.
 
-    def __init__(self, send: Send, topic: str, partitions: int) -> None:
+    With a `deadline` (the API's publisher: ACK_DEADLINE), `publish` and `publish_everywhere` raise
+    KafkaUnavailable when Kafka has not acknowledged in time; without (the send engine, imports),
+    they wait for the broker to come back.
+    """
+
+    def __init__(self, send: Send, topic: str, partitions: int, deadline: float | None = None) -> None:
         self.send = send
         self.topic = topic
         self.partitions = partitions
+        self.deadline = deadline
 
     async def publish_everywhere(self, command: Command) -> None:
         """Send one command to every partition (after what was published before it)."""
         data = encode(CommandBatch([command]))
-        pending = [await self.send(self.topic, data, p) for p in range(self.partitions)]
-        await asyncio.gather(*pending)
+        async with acknowledged_within(self.deadline):
+            pending = [await self.send(self.topic, data, p) for p in range(self.partitions)]
+            await asyncio.gather(*pending)
 
     async def publish_to(self, command: Command, partition: int) -> None:
         """Send one command to one partition; return once Kafka acknowledged it."""
@@ -128,7 +153,8 @@ class CommandPublisher:
 
     async def publish(self, commands: Sequence[RecipientCommand]) -> None:
         """Return once Kafka acknowledged every command; raise if any send failed."""
-        await asyncio.gather(*await self.enqueue(commands))
+        async with acknowledged_within(self.deadline):
+            await asyncio.gather(*await self.enqueue(commands))
 
     async def enqueue(self, commands: Sequence[RecipientCommand]) -> list[Awaitable[Any]]:
         """Queue the commands in order; the returned awaitables resolve on Kafka's acks."""

@@ -32,7 +32,7 @@ from streamapp.http.errors import ApiError, json_response, not_found, unprocessa
 from streamapp.http.forwarding import OWNER_PATIENCE, OwnerRouter
 from streamapp.http.schemas import TriggerMessage
 from streamapp.http.validate import Check, validate
-from streamapp.kafka.publisher import faust_send
+from streamapp.kafka.publisher import ACK_DEADLINE, acknowledged_within, faust_send
 from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.runtime import Sending, StreamApp
 from streamapp.sending.batch_rows import Format, first_recipient_write, read_rows
@@ -163,11 +163,13 @@ class TriggerRoutes:
         return build_commands(single, trigger, partitions, clock.now_iso(), self.id_key, message_id=derived)
 
     async def _publish(self, upsert: UpsertRecipient, message: SendMessage) -> None:
-        """Upsert first (created before the message is read, most of the time), both acknowledged."""
-        pending = await self.sa.publisher.enqueue([upsert])
-        await publish_messages(faust_send(self.sa.faust), self.settings, [message])
-        for ack in pending:
-            await ack
+        """Upsert first (created before the message is read, most of the time), both acknowledged
+        (a 503 once Kafka is out for ACK_DEADLINE)."""
+        async with acknowledged_within(ACK_DEADLINE):
+            pending = await self.sa.publisher.enqueue([upsert])
+            await publish_messages(faust_send(self.sa.faust), self.settings, [message])
+            for ack in pending:
+                await ack
         metrics.INGEST_ROWS.labels(database=message.database, source="api", outcome="accepted").inc()
 
     # -- batches -----------------------------------------------------------------------------
