@@ -184,6 +184,9 @@ def kill_loop(
             kills += 1
         earliest = timeline.now() + SERVE_BETWEEN_KILLS
         next_kill = max(next_kill + rng.uniform(options.kill_min, options.kill_max), earliest)
+    if not broker_done:  # slow restarts used the time up: the broker is still killed once
+        cluster.wait_all_ready()
+        cluster.kill_broker()
     _wait_until(cluster, timeline, end)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from faust.exceptions import NotReady
 
 from streamapp.core.keys import partitions_for, recipient_key
 from streamapp.core.models import Command, CommandBatch, RecipientCommand, encode
@@ -74,8 +75,20 @@ Send = Callable[[str, bytes, int], Awaitable[Awaitable[Any]]]
 
 
 def faust_send(app: faust.App) -> Send:
-    """Send through a Faust app's producer (inside a worker; resolved per call, as Faust starts it late)."""
-    return lambda topic, value, partition: app.producer.send(topic, None, value, partition, None, None)
+    """Send through a Faust app's producer (inside a worker; resolved per call, as Faust starts it late).
+
+    Before that producer has started (a worker starting or stopping), KafkaUnavailable (a 503), not
+    Faust's NotReady (which was a 500).
+    """
+
+    async def send(topic: str, value: bytes, partition: int) -> Awaitable[Any]:
+        try:
+            ack: Awaitable[Any] = await app.producer.send(topic, None, value, partition, None, None)
+        except NotReady as exc:
+            raise KafkaUnavailable(f"Kafka producer not ready: {exc}") from None
+        return ack
+
+    return send
 
 
 def aiokafka_send(producer: AIOKafkaProducer) -> Send:

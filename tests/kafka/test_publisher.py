@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamapp.core.keys import partition_for, partitions_for, recipient_key
 from streamapp.core.models import DeleteRecipient, UpsertRecipient, decode_batch
-from streamapp.kafka.publisher import encode_chunks, group_by_partition
+from streamapp.kafka.app import new_faust_app
+from streamapp.kafka.publisher import KafkaUnavailable, encode_chunks, faust_send, group_by_partition
+from streamapp.settings import load_settings
+from tests.fixtures import config_text
 
 
 def test_partition_matches_kafka_default_partitioner() -> None:
@@ -46,3 +53,12 @@ def test_vectorized_murmur2_matches_kafka_for_every_length_and_byte() -> None:
     keys += [recipient_key("members", "Åsa-ünïcode-€"), b"", b"a"]
     for partitions in (1, 3, 8, 64):
         assert partitions_for(keys, partitions) == [partition_for(k, partitions) for k in keys]
+
+
+def test_a_send_before_the_producer_started_is_kafka_unavailable(tmp_path: Path) -> None:
+    """Faust raises NotReady then (a worker starting or stopping): the API turns KafkaUnavailable into a 503."""
+    config = tmp_path / "streamapp.toml"
+    config.write_text(config_text("kafka://127.0.0.1:9", tmp_path / "data", 1, "publisher-test"))
+    send = faust_send(new_faust_app(load_settings(config, environ={})))
+    with pytest.raises(KafkaUnavailable, match="not ready"):
+        asyncio.run(send("t-recipient-commands", b"{}", 0))  # type: ignore[arg-type]
