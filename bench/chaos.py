@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import secrets
 import shutil
 import sys
 import tempfile
@@ -114,7 +115,12 @@ def topology(options: Options, base: Path, timeline: Timeline) -> Iterator[Topol
         peer, maildir = peers.streamapp_sink()
         write_templates(base)
         extra = smtp_extra(peer.port, connections=options.connections) + IMPORT
-        shared = f'drop_dir = "{base / "shared" / "drop"}"'
+        # One key ring for both, as production must have (SPEC §13): message ids derived from an
+        # idempotent request are then the same on either worker.
+        (base / "shared").mkdir(parents=True, exist_ok=True)
+        secret = base / "shared" / "secret.keys"
+        secret.write_text(secrets.token_hex(32) + "\n")
+        shared = f'drop_dir = "{base / "shared" / "drop"}"\nsecret_file = "{secret}"'
         workers = [pool.create(options.partitions, extra, start=False, service=shared) for _ in range(WORKERS)]
         cluster = Cluster(workers, broker_url, broker_dir, timeline)
         cluster.start_all()
