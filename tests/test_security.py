@@ -21,7 +21,7 @@ import pytest
 from streamapp.kafka.app import new_faust_app
 from streamapp.sending.idempotency import scoped_key
 from streamapp.settings import DEVELOPMENT_KEY, is_loopback, load_settings
-from tests.fixtures import ROOT, WorkerPool, config_text, sha
+from tests.fixtures import ROOT, TOKENS, WorkerPool, config_text, sha
 
 DEV_CONFIG = ROOT / "config" / "streamapp.toml"
 OFF_LOOPBACK = "(service.web_host is '0.0.0.0', set by STREAMAPP_WEB_HOST)"
@@ -92,7 +92,8 @@ DEV_TOKEN_TABLE = f'\n[[tokens]]\nname = "dev"\nsha256 = "{sha("dev-token")}"\ns
     [
         (
             "dev-token",
-            "tokens[4].sha256: the documented development token 'dev-token' only works on a loopback web_host",
+            # after the test config's own tokens (tests/fixtures.py TOKENS)
+            f"tokens[{len(TOKENS)}].sha256: the documented development token 'dev-token' only works on a loopback web_host",
         ),
         ("no-secret-file", "service.secret_file: required when the API is not on loopback"),
         ("dev-key", "line 2: the documented development key only works on loopback"),
