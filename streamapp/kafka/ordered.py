@@ -22,9 +22,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from rocksdict import WriteBatch
-
-from streamapp.kafka.store import Store, aiokafka_producer, check_record
+from streamapp.kafka.store import Store, aiokafka_producer, check_record, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +50,7 @@ class OrderedWriter:
         """
         for key, value in rows.items():
             check_record(self.store.name, key, value)
-        batch = WriteBatch(raw_mode=True)
-        for key, value in rows.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        self.store.db(partition).write(batch)
+        write_rows(self.store.db(partition), rows)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(partition, []).append((list(rows.items()), done))
         if partition not in self._senders:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import faust
@@ -63,6 +63,17 @@ def check_record(table: str, key: bytes, value: bytes | None) -> None:
     """Raise RecordTooLarge for a record the changelog could not take (a delete always fits)."""
     if value is not None and len(key) + len(value) > MAX_CHANGELOG_RECORD:
         raise RecordTooLarge(table, key, len(key) + len(value))
+
+
+def write_rows(db: Any, rows: Mapping[bytes, bytes | None]) -> None:
+    """Write `rows` to a partition's RocksDB in one WriteBatch (None deletes)."""
+    batch = WriteBatch(raw_mode=True)
+    for key, value in rows.items():
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    db.write(batch)
 
 
 def aiokafka_producer(app: faust.App) -> Any:
@@ -121,13 +132,7 @@ class Store:
         """
         for key, value in rows.items():
             check_record(self.name, key, value)
-        batch = WriteBatch(raw_mode=True)
-        for key, value in rows.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        self.db(partition).write(batch)
+        write_rows(self.db(partition), rows)
         producer = aiokafka_producer(self.app)
         send = producer.send
         pending = [await send(self.changelog, value=value, key=key, partition=partition) for key, value in rows.items()]
@@ -199,13 +204,7 @@ class PartitionTransaction:
         """Write staged rows to RocksDB and queue them on the changelog."""
         if not self.pending:
             return
-        batch = WriteBatch(raw_mode=True)
-        for key, value in self.pending.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        self.db.write(batch)
+        write_rows(self.db, self.pending)
         await self._send_changelog()
         self.pending = {}
 
