@@ -28,19 +28,32 @@ DEFAULT_CONFIG = Path("config/streamapp.toml")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ATTRIBUTE_TYPES = ("string", "int", "float", "bool", "date", "datetime")
 SCOPES = ("recipients:read", "recipients:write", "send", "admin")
+#: History types of a deployment in all, the defaults included (SPEC §3); engagement types do not count.
 MAX_HISTORY_TYPES = 20
+#: The history types every deployment has; `[[history_types]]` adds to them (SPEC §3).
 DEFAULT_HISTORY_TYPES = (
     "purchase",
     "return",
-    "booking",
-    "subscription",
-    "pageview",
+    "visit",
+    "view",
     "cart",
-    "wishlist",
-    "search",
-    "review",
-    "support",
+    "signup",
+    "login",
+    "download",
+    "form",
+    "custom",
 )
+#: History types streamapp records itself (SPEC §8): never posted by clients, never configured.
+ENGAGEMENT_TYPES = (
+    "mail.sent",
+    "mail.opened",
+    "mail.clicked",
+    "mail.bounced",
+    "mail.complained",
+    "mail.unsubscribed",
+)
+#: The prefix of the engagement types: a configured name cannot take it.
+ENGAGEMENT_PREFIX = "mail."
 #: Field names a recipient has besides its attributes; an attribute may not shadow them.
 RESERVED_ATTRIBUTE_NAMES = frozenset(
     {"originalId", "email", "status", "softBounces", "createdAt", "updatedAt", "attributes"}
@@ -836,18 +849,36 @@ def _read_attributes(r: _Reader, data: dict[str, Any], place: str) -> dict[str, 
 
 
 def _read_history_types(r: _Reader, data: Any) -> tuple[str, ...]:
+    """The ten defaults, then the configured names that are not among them (listing a default is allowed:
+    SPEC §2's own example does), at most MAX_HISTORY_TYPES in all."""
     if data is None:
         return DEFAULT_HISTORY_TYPES
     names: list[str] = []
     for i, item in enumerate(_array(r, data, "history_types")):
         with r.table(item, f"history_types[{i}]") as t:
-            name = t.get("name", str, "", _name_check)
+            name = t.get("name", str, "", _history_type_check)
             if name in names:
                 r.error(t.at("name"), f"history type {name!r} is defined twice")
             names.append(name)
-    if len(names) > MAX_HISTORY_TYPES:
-        r.error("history_types", f"at most {MAX_HISTORY_TYPES} history types, got {len(names)}")
-    return tuple(names)
+    added = [name for name in dict.fromkeys(names) if name not in DEFAULT_HISTORY_TYPES]
+    total = len(DEFAULT_HISTORY_TYPES) + len(added)
+    if total > MAX_HISTORY_TYPES:
+        r.error(
+            "history_types",
+            f"at most {MAX_HISTORY_TYPES} history types in all, the {len(DEFAULT_HISTORY_TYPES)} defaults included:"
+            f" {len(added)} added make {total} (add at most {MAX_HISTORY_TYPES - len(DEFAULT_HISTORY_TYPES)})",
+        )
+    return DEFAULT_HISTORY_TYPES + tuple(added)
+
+
+def _history_type_check(value: str) -> str | None:
+    return _engagement_problem(value) or _name_check(value)
+
+
+def _engagement_problem(value: str) -> str | None:
+    if value.startswith(ENGAGEMENT_PREFIX):
+        return f"{value!r} is reserved: streamapp records the {ENGAGEMENT_PREFIX}* engagement types itself"
+    return None
 
 
 ENCODINGS = ("utf-8", "windows-1252", "iso-8859-1")
@@ -889,10 +920,20 @@ def _read_imports(
                     mode=t.get("mode", str, "upsert", _one_of("upsert", "replace", "unsubscribe")),  # type: ignore[arg-type]
                     identity=t.get("identity", str, None if kind == "history" else _REQUIRED),
                     columns=columns,
-                    history_type=t.get("history_type", str, "purchase", _one_of(*history_types)),
+                    history_type=t.get("history_type", str, "purchase", _import_history_type(history_types)),
                 )
             )
     return tuple(imports)
+
+
+def _import_history_type(history_types: tuple[str, ...]) -> Callable[[str], str | None]:
+    """A history import's type: a configured one; an engagement type is streamapp's own (SPEC §8)."""
+    configured = _one_of(*history_types)
+
+    def check(value: str) -> str | None:
+        return _engagement_problem(value) or configured(value)
+
+    return check
 
 
 def _pattern_check(value: str) -> str | None:

@@ -107,10 +107,36 @@ def test_wrong_types_and_toml_syntax(tmp_path: Path) -> None:
 
 
 def test_history_types_limit_and_duplicates(tmp_path: Path) -> None:
-    many = "".join(f'[[history_types]]\nname = "t{i}"\n' for i in range(21))
-    assert "history_types: at most 20 history types, got 21" in issues_of(write(tmp_path, many))
+    many = "".join(f'[[history_types]]\nname = "t{i}"\n' for i in range(11))
+    assert (
+        "history_types: at most 20 history types in all, the 10 defaults included: 11 added make 21 (add at most 10)"
+    ) in issues_of(write(tmp_path, many))
     dup = '[[history_types]]\nname = "a"\n[[history_types]]\nname = "a"\n'
     assert "history_types[1].name: history type 'a' is defined twice" in issues_of(write(tmp_path, dup))
+
+
+def test_history_types_add_to_the_ten_defaults(tmp_path: Path) -> None:
+    """SPEC §3: `[[history_types]]` adds to the defaults (listing one of them, as SPEC §2 does, is allowed)."""
+    ten = "".join(f'[[history_types]]\nname = "t{i}"\n' for i in range(10))
+    settings = load_settings(write(tmp_path, f'[[history_types]]\nname = "purchase"\n{ten}'), {})
+    assert settings.history_types == DEFAULT_HISTORY_TYPES + tuple(f"t{i}" for i in range(10))
+    assert DEFAULT_HISTORY_TYPES == (
+        "purchase", "return", "visit", "view", "cart", "signup", "login", "download", "form", "custom"
+    )  # fmt: skip
+
+
+def test_engagement_types_are_reserved_in_the_configuration(tmp_path: Path) -> None:
+    text = (
+        '[[history_types]]\nname = "mail.sent"\n[[databases]]\nname = "members"\n'
+        '[[imports]]\nname = "h"\ndatabase = "members"\nkind = "history"\nhistory_type = "mail.opened"\n'
+    )
+    path = write(tmp_path, text)
+    reserved = "is reserved: streamapp records the mail.* engagement types itself"
+    assert issues_of(path) == [f"history_types[0].name: 'mail.sent' {reserved}",
+                               f"imports[0].history_type: 'mail.opened' {reserved}"]  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, {})
+    assert str(path) in str(info.value)  # the file is named with the key
 
 
 def test_triggers_need_database_and_template(tmp_path: Path) -> None:

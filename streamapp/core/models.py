@@ -103,6 +103,9 @@ class AppendHistory(msgspec.Struct, tag="history", kw_only=True):
     database: str
     originalId: str
     records: list[HistoryRecord]
+    #: Engagement records (streamapp.core.engagement): only for a recipient that exists where the command is
+    #: applied, so a send, bounce or unsubscribe link after an erase leaves no history behind.
+    ifExists: bool = False
 
 
 class EraseIdempotency(msgspec.Struct, tag="eraseidem", kw_only=True):
@@ -222,6 +225,9 @@ class SendMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     originalId: str
     priority: Priority
     template: str
+    #: The trigger or campaign that sent it: the `sku` of its engagement history (SPEC §8). None in
+    #: messages enqueued before the field existed.
+    name: str | None = None
     #: The trigger's flag: may reach an unsubscribed recipient (never a bounced one).
     transactional: bool = False
     properties: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from streamapp.core.models import STATUSES, AppendHistory, HistoryRecord, UpsertRecipient
-from streamapp.settings import AttributeType, DatabaseSettings, DeclaredProperty
+from streamapp.settings import ENGAGEMENT_PREFIX, AttributeType, DatabaseSettings, DeclaredProperty
 
 MAX_ORIGINAL_ID = 256
 
@@ -462,8 +462,8 @@ def parse_history(
     errors = [FieldError(f"{path}/{k}", "unknown field") for k in body if k not in _HISTORY_FIELDS]
     errors += check_original_id(body.get("originalId"), f"{path}/originalId")
     kind = body.get("type", "purchase")
-    if kind not in types:
-        errors.append(FieldError(f"{path}/type", f"unknown history type (configured: {', '.join(types)})"))
+    if problem := history_type_problem(kind, types):
+        errors.append(FieldError(f"{path}/type", problem))
     when = at
     if "time" in body:
         parsed = parse_datetime(body["time"], zone)
@@ -489,6 +489,16 @@ def parse_history(
     if errors:
         return None, errors
     return AppendHistory(database=db.name, originalId=body["originalId"], records=[record]), []
+
+
+def history_type_problem(kind: Any, types: tuple[str, ...]) -> str | None:
+    """None for a type a client may post (a configured one); else why not. The `mail.*` engagement
+    types are streamapp's own (SPEC §8): they are refused as such, not as unknown."""
+    if isinstance(kind, str) and kind.startswith(ENGAGEMENT_PREFIX):
+        return f"{kind[:80]!r} is reserved: streamapp records the {ENGAGEMENT_PREFIX}* engagement types itself"
+    if kind in types:
+        return None
+    return f"unknown history type (configured: {', '.join(types)})"
 
 
 def _check_custom_fields(custom: Any, path: str) -> list[FieldError]:

@@ -26,6 +26,7 @@ is kept.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator
@@ -76,6 +77,7 @@ _QUOTE, _BACKSLASH, _COMMA, _NEWLINE = 0x22, 0x5C, 0x2C, 0x0A
 #: `[` and `]` with bit 0x20 set are `{` and `}`; no other byte lands there.
 _FOLD, _OPEN, _CLOSE = 0x20, 0x7B, 0x7D
 _DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+_OBJECT_START = re.compile(rb"[ \t\r\n]*+\{")
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -154,13 +156,17 @@ async def read_batch(
     what: str,
     max_items: int = MAX_BATCH_ITEMS,
     max_errors: int = MAX_DETAILS,
+    single: bool = False,
 ) -> list[T]:
     """A batch body (JSON array or NDJSON), every item converted, read in steps that leave the loop free.
 
     All or nothing: 413 at item `max_items + 1`, BatchRejected (422) with the errors found, and
-    reading stops at the `max_errors`-th of them.
+    reading stops at the `max_errors`-th of them. `single`: an `application/json` body that is one
+    object is one item too, its errors named at the body's own paths (`/type`, not `/0/type`).
     """
     data = await read_limited(request, limit)
+    if single and request.content_type == "application/json" and _opens_object(data):
+        return await _drive(_object_steps(data, convert, what))
     return await _drive(_batch_steps(data, request.content_type, convert, what, max_items, max_errors))
 
 
@@ -391,6 +397,20 @@ def _batch_steps(
     if batch.errors:
         raise BatchRejected(_title(batch, what, ndjson), batch.errors, batch.items)
     return batch.values
+
+
+def _opens_object(data: bytes) -> bool:
+    """The body's first character that is not JSON whitespace is `{` (a C scan, no copy of the body)."""
+    return _OBJECT_START.match(data) is not None
+
+
+def _object_steps(data: bytes, convert: Convert[T], what: str) -> Generator[None, None, list[T]]:
+    """A body that is one JSON object, bounded as one document (`_document_steps`), converted as one item."""
+    item = yield from _document_steps(data)
+    value, errors = convert(item, "")
+    if value is None:
+        raise BatchRejected(f"invalid {what}: nothing was accepted", errors or [FieldError("/", "invalid item")], 1)
+    return [value]
 
 
 def _take_all(batch: _Batch[T], pieces: Pieces) -> Generator[None, None, None]:

@@ -75,7 +75,7 @@ def recipient_routes() -> list[Route]:
     base = "/api/v1/databases"
     recipient = f"{base}/{{db}}/recipients/{{originalId}}"
     accepted = answer(202, ACCEPTED, Accepted)
-    history_type = Param("type", "query", "HistoryType", "only records of this type")
+    history_type = Param("type", "query", "AnyHistoryType", "only records of this type")
     return [
         Route("GET", base, "listDatabases", "Databases and their schemas", "recipients:read",
               answer(200, "databases", Databases), errors=(401, 403), tags=("recipients",)),
@@ -92,7 +92,7 @@ def recipient_routes() -> list[Route]:
               answer(202, ACCEPTED, Erased), errors=(401, 403, 404, 422), params=(DB, ORIGINAL_ID),
               tags=("recipients",)),
         Route("POST", f"{base}/{{db}}/history", "addHistory", "Add history records (all or nothing)",
-              "recipients:write", accepted, errors=BODY_ERRORS, body=_items(HistoryBatch, HistoryRecordIn),
+              "recipients:write", accepted, errors=BODY_ERRORS, body=_items(HistoryBatch, HistoryRecordIn, single=True),
               params=(DB,), tags=("history",)),
         Route("GET", f"{recipient}/history", "getHistory", "History, newest first", "recipients:read",
               answer(200, "records", History), errors=(401, 403, 404, 422, 503),
@@ -100,11 +100,10 @@ def recipient_routes() -> list[Route]:
     ]  # fmt: skip
 
 
-def _items(array: object, item: object) -> Body:
-    """A batch body: a JSON array or NDJSON of the same items."""
-    return Body(
-        (Content(JSON, array), Content(NDJSON, item, ONE_PER_LINE)), "all or nothing: one bad item, nothing is accepted"
-    )
+def _items(array: object, item: object, single: bool = False) -> Body:
+    """A batch body: a JSON array or NDJSON of the same items; `single`: or one item as a JSON object."""
+    json = Content(JSON, AnyOf((array, item)), "one item, or an array of them") if single else Content(JSON, array)
+    return Body((json, Content(NDJSON, item, ONE_PER_LINE)), "all or nothing: one bad item, nothing is accepted")
 
 
 def send_routes() -> list[Route]:

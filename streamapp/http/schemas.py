@@ -55,10 +55,11 @@ from streamapp.core.validation import (
     check_properties,
     check_size,
     check_text,
+    history_type_problem,
     parse_datetime,
 )
 from streamapp.http.validate import Check, pointer
-from streamapp.settings import NAME_RE, AttributeType, DatabaseSettings, Settings
+from streamapp.settings import ENGAGEMENT_TYPES, NAME_RE, AttributeType, DatabaseSettings, Settings
 
 #: Where msgspec puts the components it generates, and where the dynamic ones are referenced.
 REF_TEMPLATE = "#/components/schemas/{name}"
@@ -122,6 +123,7 @@ MAX_DATETIME = 64
 DateTimeText = Annotated[
     str, Meta(max_length=MAX_DATETIME, extra_json_schema={"format": "date-time"}, extra={"check": CHECK_DATETIME})
 ]
+#: A type a client may post: a configured one (the `mail.*` engagement types are streamapp's own).
 HistoryTypeName = Annotated[str, Meta(extra_json_schema=ref("HistoryType"), extra={"check": CHECK_HISTORY_TYPE})]
 #: What an attribute value can be, whatever its type: a JSON scalar (check_attributes types it).
 AttributeValue = Annotated[str, Meta(max_length=MAX_STRING_BYTES)] | int | float | bool | None
@@ -183,7 +185,7 @@ class RecipientBatchItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 
 
 class HistoryRecordIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One activity record of a recipient; a negative quantity is a credit."""
+    """One activity record of a recipient (an event of its type); a negative quantity is a credit."""
 
     originalId: OriginalId
     type: HistoryTypeName = "purchase"
@@ -381,6 +383,11 @@ def dynamic_components(settings: Settings) -> dict[str, Any]:
         "TriggerName": _names(settings.triggers),
         "CampaignName": _names(settings.campaigns),
         "HistoryType": {"type": "string", "enum": list(settings.history_types)},
+        "AnyHistoryType": {
+            "description": "A configured history type, or an engagement type streamapp records itself",
+            "type": "string",
+            "enum": [*settings.history_types, *ENGAGEMENT_TYPES],
+        },
         "Attributes": {"description": "Typed by the database schema; null clears one", **attributes},
         **per_database,
     }
@@ -417,9 +424,8 @@ def checks_for(db: DatabaseSettings, history_types: tuple[str, ...], zone: ZoneI
         return kept, _as_pointers(errors, path)
 
     def history_type(value: Any, path: str) -> tuple[Any, list[FieldError]]:
-        if value in history_types:
-            return value, []
-        return value, [FieldError(path, f"unknown history type (configured: {', '.join(history_types)})")]
+        problem = history_type_problem(value, history_types)
+        return value, [FieldError(path, problem)] if problem else []
 
     def date_time(value: Any, path: str) -> tuple[Any, list[FieldError]]:
         parsed = parse_datetime(value, zone)

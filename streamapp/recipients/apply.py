@@ -26,6 +26,7 @@ import msgspec
 
 from streamapp import metrics
 from streamapp.core import clock
+from streamapp.core.engagement import named
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import (
     AppendHistory,
@@ -129,6 +130,8 @@ def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
             chunks.idempotency.set(erased_key(key), now)
             chunks.idempotency.set(SCRUB, now)
     elif isinstance(command, AppendHistory):
+        if command.ifExists and recipients.get(key) is None:
+            return  # engagement of an erased (or never created) recipient: no history comes back
         raw = history.get(key)
         history.set(key, encode_history(decode_history(raw) if raw is not None else [], command))
 
@@ -175,7 +178,8 @@ def _adds_values(command: UpsertRecipient) -> bool:
 
 
 def encode_history(current: list[HistoryRecord], command: AppendHistory) -> bytes:
-    """The stored history after the append; the oldest records dropped to fit (rules.fit_history).
+    """The stored history after the append: the newest of each type (rules.keep_newest), within the row
+    limit (rules.fit_history); an engagement record without its sku takes it from the message's mail.sent.
 
     Oversize for a record that could not fit even alone (only a command that bypassed the door has one):
     dropping the whole history for it would be worse than skipping it.
@@ -184,7 +188,8 @@ def encode_history(current: list[HistoryRecord], command: AppendHistory) -> byte
         size = len(encode(record))
         if size > MAX_HISTORY_RECORD_BYTES:
             raise Oversize(f"a history record takes {size} bytes stored, more than {MAX_HISTORY_RECORD_BYTES}")
-    merged = append_history(current, command.records)
+    records = named(command.records, current) if command.ifExists else command.records  # engagement only
+    merged = append_history(current, records)
     data = encode(merged)
     if len(data) <= MAX_RECORD_BYTES:
         return data
@@ -234,8 +239,8 @@ class Applied:
 
 def apply_all(chunks: Chunks, commands: list[Command], offset: int) -> Applied:
     """Stage every command of the event at `offset` in order; count (in metrics too) those skipped for size."""
-    upserts = [c for c in commands if isinstance(c, UpsertRecipient)]
-    chunks.recipients.prefetch([recipient_key(c.database, c.originalId) for c in upserts])
+    read = [c for c in commands if isinstance(c, UpsertRecipient) or (isinstance(c, AppendHistory) and c.ifExists)]
+    chunks.recipients.prefetch([recipient_key(c.database, c.originalId) for c in read])
     failed = oversize = 0
     base = (offset + 1) * SEQ_STRIDE
     for index, command in coalesce_history(commands):
@@ -260,14 +265,15 @@ def coalesce_history(commands: list[Command]) -> Iterator[tuple[int, Command]]:
     would otherwise re-encode its history 10,000 times on the event loop. A record too large to store is
     left as an append of its own, so it is skipped (and counted) alone.
     """
-    run: dict[tuple[str, str], tuple[int, list[HistoryRecord]]] = {}
+    run: dict[tuple[str, str, bool], tuple[int, list[HistoryRecord]]] = {}
     for index, command in enumerate(commands):
         if isinstance(command, AppendHistory):
+            whose = (command.database, command.originalId, command.ifExists)  # existence is checked per append
             for record in command.records:
                 if len(encode(record)) > MAX_HISTORY_RECORD_BYTES:
                     yield index, msgspec.structs.replace(command, records=[record])
                 else:
-                    run.setdefault((command.database, command.originalId), (index, []))[1].append(record)
+                    run.setdefault(whose, (index, []))[1].append(record)
             continue
         yield from _merged(run)
         run = {}
@@ -275,9 +281,9 @@ def coalesce_history(commands: list[Command]) -> Iterator[tuple[int, Command]]:
     yield from _merged(run)
 
 
-def _merged(run: dict[tuple[str, str], tuple[int, list[HistoryRecord]]]) -> Iterator[tuple[int, Command]]:
-    for (database, original_id), (index, records) in run.items():
-        yield index, AppendHistory(database=database, originalId=original_id, records=records)
+def _merged(run: dict[tuple[str, str, bool], tuple[int, list[HistoryRecord]]]) -> Iterator[tuple[int, Command]]:
+    for (database, original_id, if_exists), (index, records) in run.items():
+        yield index, AppendHistory(database=database, originalId=original_id, records=records, ifExists=if_exists)
 
 
 #: Characters of an originalId shown in the log (an originalId has at most 256).

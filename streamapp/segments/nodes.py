@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Literal, TypeAlias
 
+from streamapp import settings
+
 AttributeType = Literal["string", "int", "float", "bool", "date", "datetime"]
 #: `status` is a string restricted to STATUSES; it is a type of its own so only its ops apply.
 FieldType = Literal["string", "int", "float", "bool", "date", "datetime", "status"]
@@ -47,9 +49,7 @@ BUILTIN_FIELDS: dict[str, FieldType] = {
     "createdAt": "datetime",
     "updatedAt": "datetime",
 }
-ENGAGEMENT_TYPES: frozenset[str] = frozenset(
-    {"mail.sent", "mail.opened", "mail.clicked", "mail.bounced", "mail.complained", "mail.unsubscribed"}
-)
+ENGAGEMENT_TYPES: frozenset[str] = frozenset(settings.ENGAGEMENT_TYPES)
 #: History fields a `where` may test, and their types (numbers are floats).
 HISTORY_FIELDS: dict[str, FieldType] = {
     "sku": "string",

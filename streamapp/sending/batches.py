@@ -130,7 +130,7 @@ class BatchSender:
         message_id = batch_message_id(partition, self.batch_id, row, self.id_key, target.database, target.priority)
         return SendMessage(
             messageId=message_id, database=target.database,
-            originalId=upsert.originalId, priority=target.priority, template=target.template,
+            originalId=upsert.originalId, priority=target.priority, template=target.template, name=target.name,
             transactional=target.transactional, properties=properties, email=email, attributes=attributes,
             batchId=self.batch_id, notBefore=info.sendTime, upserted=True, enqueuedAt=info.createdAt,
         )  # fmt: skip

@@ -4,7 +4,9 @@ Order: ledger (already final: skip, so a redelivered event sends nothing), not-b
 early: scheduled), recipient (unknown: failed; not created yet by the upsert its request
 published: deferred), suppression (bounced always; unsubscribed unless
 the trigger is transactional), render (an undefined variable fails the message, naming it),
-MIME, SMTP, then the ledger row and, for bounces, a recipient command.
+MIME, SMTP, then the recipient commands (bounces, soft-bounce counts, the engagement history of SPEC
+§8: `mail.bounced`) and the ledger row; a sent message's `mail.sent` record goes out in bulk with
+other messages' after its ledger row (streamapp.sending.engagement).
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 import msgspec
 
 from streamapp import metrics
 from streamapp.core import clock
+from streamapp.core.engagement import engagement
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import (
     FINAL_STATUSES,
     WAITING_STATUSES,
+    AppendHistory,
     MessageState,
     Recipient,
     RecipientCommand,
@@ -35,12 +38,14 @@ from streamapp.core.models import (
     decode_history,
     decode_recipient,
 )
+from streamapp.core.rules import SOFT_BOUNCE_LIMIT
 from streamapp.kafka.store import Store
 from streamapp.mail.mime import MimeBuilder, MimeError
 from streamapp.mail.smtp import SmtpOutcome
 from streamapp.mail.templates import RenderError, TemplateStore
 from streamapp.mail.unsubscribe import make_token
 from streamapp.sending import retry
+from streamapp.sending.engagement import Ackable, EngagementPublisher
 from streamapp.sending.ledger import Ledger
 from streamapp.settings import KeyRing, SmtpSettings
 
@@ -57,12 +62,6 @@ UNKNOWN_RECIPIENT_POLLS = 300
 #: recipient was deleted meanwhile, or the upsert was lost).
 LATE_RECIPIENT_RETRY = 1.0
 LATE_RECIPIENT_LIMIT = 300.0
-
-
-class Ackable(Protocol):
-    """A consumed Kafka event (Faust's Event): acked once its message's outcome is recorded."""
-
-    def ack(self) -> object: ...
 
 
 @dataclass(slots=True)
@@ -114,23 +113,48 @@ class Pipeline:
         self.builder = builder
         self.send = send
         self.publish = publish
+        self.engagement = EngagementPublisher(publish)
         self.secret = secret
         self.schedule = schedule
 
     async def run(self, job: Job) -> None:
-        """Process and record one message; the caller acks the job's event afterwards."""
+        """Process and record one message; the caller acks the job's event afterwards, unless the pipeline
+        took it over (`job.event` is then None: the bulk publisher acks it with the message's record)."""
         previous = self.ledger.get(job.partition, job.command.messageId)
         if previous is not None and (previous.status in FINAL_STATUSES or not job.released):
+            if previous.status == "sent" and job.event is not None:  # read again: its record may be lost
+                self.engagement.add([sent_record(job.command, previous.updatedAt)], job.event)
+                job.event = None
             return  # done before, or scheduled/deferred and owned by the schedule
         now = datetime.now(UTC)
         if job.command.notBefore and clock.parse_time(job.command.notBefore) > now:
             await self._record(job, previous, Outcome("scheduled"), now)
             return
         outcome, recipient = await self._deliver(job, now)
-        done = datetime.now(UTC)
-        # Before the ledger row: a crash in between re-sends nothing (the recipient is then
-        # bounced and the replayed message suppressed) instead of losing the bounce.
-        await self._recipient_effects(job.command, outcome, recipient, clock.iso(done))
+        await self._recorded(job, previous, outcome, recipient, datetime.now(UTC))
+
+    async def _recorded(
+        self, job: Job, previous: MessageState | None, outcome: Outcome, recipient: Recipient | None, done: datetime
+    ) -> None:
+        """Publish the recipient commands of the outcome and write the ledger row.
+
+        A bounce goes first: a crash in between re-sends nothing (the recipient is then bounced and the
+        replayed message suppressed) instead of losing the bounce. Engagement history alone (the common
+        case, `mail.sent` of a message read from Kafka) goes to the bulk publisher after the ledger row,
+        with the message's event: the event is acked once the record is in Kafka (`job.event` is handed
+        over, so the engine's ack is a no-op), and a crash before that is a replayed event that finds the
+        ledger row `sent` and publishes the record again (`run`). A message of the schedule has no event
+        to hold back: its record is published first, like a bounce.
+        """
+        reply, at = outcome.reply, clock.iso(done)
+        effects = recipient_effects(job.command, reply, recipient, at) if recipient and reply else []
+        if effects and job.event is not None and all(isinstance(c, AppendHistory) for c in effects):
+            await self._record(job, previous, outcome, done)
+            self.engagement.add(effects, job.event)
+            job.event = None
+            return
+        if effects:
+            await self.publish(effects)
         await self._record(job, previous, outcome, done)
 
     async def _deliver(self, job: Job, now: datetime) -> tuple[Outcome, Recipient | None]:
@@ -188,27 +212,6 @@ class Pipeline:
         metrics.MESSAGES.labels(priority=state.priority, outcome=state.status).inc()
         return state
 
-    async def _recipient_effects(
-        self, command: SendMessage, outcome: Outcome, recipient: Recipient | None, at: str
-    ) -> None:
-        """Hard bounce: the recipient is bounced; soft bounce: counted; delivery: the count resets."""
-        if recipient is None or outcome.reply is None:
-            return
-        reply = outcome.reply
-        commands: list[RecipientCommand] = []
-        if reply.kind == "failed" and reply.recipient_fault:
-            commands.append(  # ifExists: a bounce arriving after an erase must not recreate the recipient
-                UpsertRecipient(
-                    database=command.database, originalId=command.originalId, at=at, status="bounced", ifExists=True
-                )
-            )
-        elif reply.kind == "deferred" and reply.code is not None and reply.stage in ("rcpt", "data"):
-            commands.append(SoftBounce(database=command.database, originalId=command.originalId, at=at, action="inc"))
-        elif reply.kind == "sent" and recipient.softBounces:
-            commands.append(SoftBounce(database=command.database, originalId=command.originalId, at=at, action="reset"))
-        if commands:
-            await self.publish(commands)
-
     async def _recipient(self, job: Job, key: bytes, now: datetime) -> bytes | None:
         """The recipient's row; a fresh message, or one whose request upserted it, waits briefly for it.
 
@@ -226,6 +229,42 @@ class Pipeline:
             await asyncio.sleep(UNKNOWN_RECIPIENT_POLL_SECONDS)
             raw = self.recipients.get(job.partition, key)
         return raw
+
+
+def recipient_effects(
+    command: SendMessage, reply: SmtpOutcome, recipient: Recipient, at: str
+) -> list[RecipientCommand]:
+    """Hard bounce: the recipient is bounced; soft bounce: counted (the fifth in a row bounces it);
+    delivery: the count resets. Sent and bounced messages are recorded as engagement history, one record
+    per message and type (streamapp.core.engagement), so a message sent again after a crash adds none."""
+    database, original_id = command.database, command.originalId
+    commands: list[RecipientCommand] = []
+    bounced = False
+    if reply.kind == "failed" and reply.recipient_fault:
+        # ifExists: a bounce arriving after an erase must not recreate the recipient
+        commands.append(
+            UpsertRecipient(database=database, originalId=original_id, at=at, status="bounced", ifExists=True)
+        )
+        bounced = True
+    elif reply.kind == "deferred" and reply.code is not None and reply.stage in ("rcpt", "data"):
+        commands.append(SoftBounce(database=database, originalId=original_id, at=at, action="inc"))
+        bounced = recipient.softBounces + 1 >= SOFT_BOUNCE_LIMIT and recipient.status != "bounced"
+    elif reply.kind == "sent" and recipient.softBounces:
+        commands.append(SoftBounce(database=database, originalId=original_id, at=at, action="reset"))
+    if reply.kind == "sent":
+        commands.append(sent_record(command, at))
+    elif bounced:
+        commands.append(
+            engagement("mail.bounced", database=database, original_id=original_id, message_id=command.messageId,
+                       name=command.name, at=at)
+        )  # fmt: skip
+    return commands
+
+
+def sent_record(command: SendMessage, at: str) -> AppendHistory:
+    """The `mail.sent` record of a message accepted at `at` (its ledger row's updatedAt)."""
+    return engagement("mail.sent", database=command.database, original_id=command.originalId,
+                      message_id=command.messageId, name=command.name, at=at)  # fmt: skip
 
 
 def _suppression(recipient: Recipient, command: SendMessage) -> str | None:

@@ -147,6 +147,7 @@ def build_commands(
         originalId=request.original_id,
         priority="transactional",
         template=trigger.template,
+        name=trigger.name,
         transactional=trigger.transactional,
         properties=request.properties,
         email=request.email,

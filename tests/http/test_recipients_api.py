@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures import TOKENS, Worker, client, eventually, get_when
+from tests.fixtures import TOKENS, Worker, WorkerPool, client, eventually, get_when
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +123,74 @@ def test_history_post_get_order_and_filter(worker: Worker) -> None:
     assert [r["sku"] for r in purchases["records"]] == ["B", "A"]
     with client(worker) as api:
         assert api.get("/api/v1/databases/members/recipients/H-1/history?type=nonsense").status_code == 422
+
+
+def test_history_takes_a_single_object_too(worker: Worker) -> None:
+    """SPEC §8: one JSON object is a body of one record, its errors named at the body's own paths."""
+    path = "/api/v1/databases/members/history"
+    one = {"originalId": "H-2", "type": "visit", "sku": "/shoes", "time": "2026-04-01T10:00:00+02:00"}
+    pretty = json.dumps({"originalId": "H-2", "type": "login", "time": "2026-04-02T10:00:00Z"}, indent=2)
+    with client(worker) as api:
+        assert api.post(path, json=one).json() == {"accepted": 1}
+        answer = api.post(path, content=f"\n {pretty}\n", headers={"Content-Type": "application/json"})
+        assert (answer.status_code, answer.json()) == (202, {"accepted": 1})
+        bad = api.post(path, json={"originalId": "H-2", "type": "nonsense", "price": "x"})
+        assert bad.status_code == 422
+        assert [d["path"] for d in bad.json()["details"]] == ["/type", "/price"]
+        assert api.post(path, json={"type": "visit"}).json()["details"] == [
+            {"path": "/originalId", "message": "is required"}
+        ]
+        assert api.post(path, json="visit").status_code == 422  # neither an object nor an array
+    history = get_when(worker, "/api/v1/databases/members/recipients/H-2/history", lambda h: len(h["records"]) == 2)
+    assert [(r["type"], r["time"]) for r in history["records"]] == [
+        ("login", "2026-04-02T10:00:00+00:00"),
+        ("visit", "2026-04-01T08:00:00+00:00"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["mail.sent", "mail.opened", "mail.clicked", "mail.bounced", "mail.complained",
+                                  "mail.unsubscribed", "mail.other"])  # fmt: skip
+def test_clients_cannot_post_engagement_types(worker: Worker, kind: str) -> None:
+    """SPEC §8: streamapp records mail.* itself; a client's is refused naming the field, in every body form."""
+    path = "/api/v1/databases/members/history"
+    reason = f"{kind!r} is reserved: streamapp records the mail.* engagement types itself"
+    record = {"originalId": "E-1", "type": kind}
+    ndjson = f"{json.dumps({'originalId': 'E-1'})}\n{json.dumps(record)}\n".encode()
+    with client(worker) as api:
+        single = api.post(path, json=record)
+        array = api.post(path, json=[{"originalId": "E-1"}, record])
+        lines = api.post(path, content=ndjson, headers={"Content-Type": "application/x-ndjson"})
+        for answer, where in ((single, "/type"), (array, "/1/type"), (lines, "/1/type")):
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["details"] == [{"path": where, "message": reason}]
+        assert api.post(path, json=[{"originalId": "E-1", "sku": "after"}]).status_code == 202
+    history = get_when(worker, "/api/v1/databases/members/recipients/E-1/history", lambda h: len(h["records"]) >= 1)
+    assert {r["type"] for r in history["records"]} == {"purchase"}  # nothing of the refused bodies
+
+
+def test_engagement_types_can_be_read(worker: Worker) -> None:
+    with client(worker) as api:
+        answer = api.get("/api/v1/databases/members/recipients/E-2/history?type=mail.sent")
+        assert (answer.status_code, answer.json()) == (200, {"originalId": "E-2", "records": []})
+        assert api.get("/api/v1/databases/members/recipients/E-2/history?type=mail.nonsense").status_code == 422
+        document = api.get("/api/v1/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    assert "mail.sent" in schemas["AnyHistoryType"]["enum"] and "mail.sent" not in schemas["HistoryType"]["enum"]
+
+
+def test_configured_history_types_add_to_the_defaults(workers: WorkerPool) -> None:
+    worker = workers.create(extra='[[history_types]]\nname = "booking"\n[[history_types]]\nname = "purchase"\n')
+    path = "/api/v1/databases/members/history"
+    with client(worker) as api:
+        types = api.get("/api/v1/databases").json()["historyTypes"]
+        assert types == ["purchase", "return", "visit", "view", "cart", "signup", "login", "download", "form",
+                         "custom", "booking"]  # fmt: skip
+        body = [{"originalId": "T-1", "type": "booking"}, {"originalId": "T-1", "type": "signup"}]
+        assert api.post(path, json=body).status_code == 202
+        refused = api.post(path, json={"originalId": "T-1", "type": "pageview"})
+        assert refused.json()["details"][0]["message"].startswith("unknown history type (configured: purchase, ")
+    history = get_when(worker, "/api/v1/databases/members/recipients/T-1/history", lambda h: len(h["records"]) == 2)
+    assert sorted(r["type"] for r in history["records"]) == ["booking", "signup"]
 
 
 def test_delete_erases_recipient_and_history(worker: Worker) -> None:

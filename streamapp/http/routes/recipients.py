@@ -15,6 +15,7 @@ from aiohttp import web
 
 from streamapp import metrics
 from streamapp.core import clock
+from streamapp.core.engagement import is_engagement
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import DeleteRecipient, EraseIdempotency, RecipientCommand, decode_history, decode_recipient
 from streamapp.core.validation import FieldError, check_original_id
@@ -75,14 +76,18 @@ class RecipientRoutes:
         metrics.INGEST_ROWS.labels(database=db.name, source=source, outcome="accepted").inc(len(commands))
 
     async def _accept_all(
-        self, request: web.Request, db: DatabaseSettings, parse: ParseItem, what: str
+        self, request: web.Request, db: DatabaseSettings, parse: ParseItem, what: str, single: bool = False
     ) -> web.Response:
-        """A batch body is all or nothing: 422 naming the bad fields (reading stops at the 1,000th), else 202."""
+        """A batch body is all or nothing: 422 naming the bad fields (reading stops at the 1,000th), else 202.
+        `single`: one JSON object is a body too (read_batch)."""
         if not request.body_exists:  # the body is required (an empty array or NDJSON is still a body)
-            raise unprocessable([FieldError("/", f"missing body: a JSON array or NDJSON of {what}")], "missing body")
+            forms = "a JSON object, a JSON array or NDJSON" if single else "a JSON array or NDJSON"
+            raise unprocessable([FieldError("/", f"missing body: {forms} of {what}")], "missing body")
         limit = self.settings.service.max_body_bytes
         try:
-            commands: list[RecipientCommand] = await read_batch(request, limit, parse, what=what, max_items=MAX_BATCH)
+            commands: list[RecipientCommand] = await read_batch(
+                request, limit, parse, what=what, max_items=MAX_BATCH, single=single
+            )
         except BatchRejected as exc:
             metrics.INGEST_ROWS.labels(database=db.name, source="api", outcome="rejected").inc(exc.items)
             raise
@@ -154,13 +159,13 @@ class RecipientRoutes:
             checked = validate(item, HistoryRecordIn, checks=checks, path=path)
             return (None, checked.errors) if checked.value is None else history_append(checked.value, db.name, at, path)
 
-        return await self._accept_all(request, db, parse, "history records")
+        return await self._accept_all(request, db, parse, "history records", single=True)
 
     async def get_history(self, request: web.Request) -> web.Response:
         db = self._database(request, "recipients:read")
         original_id = self._original_id(request)
         wanted = request.query.get("type")
-        if wanted is not None and wanted not in self.settings.history_types:
+        if wanted is not None and wanted not in self.settings.history_types and not is_engagement(wanted):
             raise unprocessable([FieldError("/query/type", "unknown history type")])
         key = recipient_key(db.name, original_id)
 

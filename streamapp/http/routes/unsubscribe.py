@@ -4,11 +4,11 @@ No authentication: the HMAC token is the authority (streamapp.mail.unsubscribe).
 altered or expired (older than 90 days) token is 404 and changes nothing. The POST answers 200
 with a short page, never a redirect (RFC 8058 §3.2: mail providers POST
 `List-Unsubscribe=One-Click` and follow nothing), once Kafka acknowledged the `unsubscribed`
-upsert of the recipient. That upsert is `ifExists`: applied by the owner of the recipient's
-partition only to a recipient that exists there then, so a link in an old mail never brings back
-an erased recipient. The answer is the same either way: the page tells no one whether the
-recipient exists. The GET page changes nothing (link scanners prefetch GETs); its button POSTs
-to the same URL.
+upsert of the recipient and its `mail.unsubscribed` history record. Both are `ifExists`: applied
+by the owner of the recipient's partition only to a recipient that exists there then, so a link
+in an old mail never brings back an erased recipient. The answer is the same either way: the page
+tells no one whether the recipient exists. The GET page changes nothing (link scanners prefetch
+GETs); its button POSTs to the same URL.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from streamapp.core import clock
+from streamapp.core.engagement import engagement
 from streamapp.core.models import RecipientCommand, UpsertRecipient
 from streamapp.mail.unsubscribe import UnsubscribeTarget, read_token
 from streamapp.settings import KeyRing
@@ -63,12 +64,19 @@ class UnsubscribeRoutes:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         target = self._target(request)
+        at = clock.now_iso()
         command = UpsertRecipient(
             database=target.database,
             originalId=target.original_id,
-            at=clock.now_iso(),
+            at=at,
             status="unsubscribed",
             ifExists=True,
         )
-        await self.publish([command])
+        # Engagement history (SPEC §8), once per message however often the link is used; the agent takes
+        # its sku from the message's mail.sent record (the token does not name the trigger or campaign).
+        record = engagement(
+            "mail.unsubscribed", database=target.database, original_id=target.original_id,
+            message_id=target.message_id, name=None, at=at,
+        )  # fmt: skip
+        await self.publish([command, record])
         return _page("Unsubscribed", "<p>You will not receive these e-mails any more.</p>")
