@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,35 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from streamapp import settings
 from streamapp.core.keys import recipient_key
 from streamapp.core.models import AppendHistory, Command, HistoryRecord, encode
+from streamapp.kafka.memory import MemoryTransaction
 from streamapp.recipients.apply import Chunks, apply_all
 
 EVENT = 1000
 
 
-class Memory:
-    """The PartitionTransaction interface over a dict."""
-
-    def __init__(self) -> None:
-        self.rows: dict[bytes, bytes] = {}
-
-    def prefetch(self, keys: list[bytes]) -> None:
-        pass
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.rows.get(key)
-
-    def set(self, key: bytes, value: bytes | None) -> None:
-        if value is None:
-            self.rows.pop(key, None)
-        else:
-            self.rows[key] = value
-
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        yield from sorted((k, v) for k, v in self.rows.items() if k.startswith(prefix))
-
-
-def chunks(history: Memory | None = None) -> Chunks:
-    return Chunks(Memory(), history or Memory(), Memory())  # type: ignore[arg-type]
+def chunks(history: MemoryTransaction | None = None) -> Chunks:
+    return Chunks(MemoryTransaction(), history or MemoryTransaction(), MemoryTransaction())  # type: ignore[arg-type]
 
 
 def record(n: int, kind: str = "purchase") -> HistoryRecord:
@@ -90,7 +68,7 @@ def scenarios() -> dict[str, float]:
     new = [(f"n{i % 10_000}", record(i)) for i in range(100_000)]
     rates["new"] = len(new) / run(chunks(), appends(new))
 
-    history = Memory()
+    history = MemoryTransaction()
     for r in range(1000):  # written directly: 1,000 purchases each, newest first
         records = [record(r * 1000 + i) for i in range(1000)]
         history.set(recipient_key("members", f"f{r}"), encode(sorted(records, key=lambda h: h.time, reverse=True)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client import REGISTRY
@@ -27,32 +26,9 @@ from streamapp.core.models import (
     decode_recipient,
     encode,
 )
-from streamapp.kafka.store import check_record
+from streamapp.kafka.memory import MemoryTransaction
 from streamapp.recipients.apply import Chunks, apply_all
 from streamapp.tables.idempotency import SCRUB, erased_key, index_key, index_prefix
-
-
-class MemoryTransaction:
-    """The PartitionTransaction interface over a dict (the RocksDB one is tests/kafka/test_store.py)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[bytes, bytes] = {}
-
-    def prefetch(self, keys: list[bytes]) -> None:
-        pass
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.rows.get(key)
-
-    def set(self, key: bytes, value: bytes | None) -> None:
-        check_record("memory", key, value)  # the store's refusal of what the changelog cannot take
-        if value is None:
-            self.rows.pop(key, None)
-        else:
-            self.rows[key] = value
-
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        yield from sorted((k, v) for k, v in self.rows.items() if k.startswith(prefix))
 
 
 def chunks() -> Chunks:
