@@ -52,7 +52,7 @@ lint: install
 	else echo "note: run 'sudo apt-get install opendkim-tools' for the OpenDKIM verification test"; fi
 
 test: lint /usr/sbin/smtp-sink /usr/sbin/opendkim-testkey .cache/prometheus/bin/promtool
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=25
 
 # The fast loop: unit tests only (no broker, nothing marked slow).
 check: lint

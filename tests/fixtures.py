@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamapp.devtools import kafka_broker
 
@@ -237,14 +237,24 @@ def worker(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wor
     pool.stop_all()
 
 
-def applied_commands(url: str) -> float:
-    """Recipient commands a worker's agent has applied (its streamapp_recipient_commands_total), 0 if unreachable."""
+def metric_value(url: str, sample: str, **labels: str) -> float:
+    """The sum of a worker's `sample` values (e.g. `streamapp_messages_total`) whose labels include `labels`;
+    0 if it has none or the worker is unreachable."""
     try:
         text = httpx.get(f"{url}/metrics", timeout=5).text
     except httpx.HTTPError:
         return 0.0
-    match = re.search(r'^streamapp_recipient_commands_total\{outcome="applied"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    )
+
+
+def applied_commands(url: str) -> float:
+    """Recipient commands a worker's agent has applied (its streamapp_recipient_commands_total), 0 if unreachable."""
+    return metric_value(url, "streamapp_recipient_commands_total", outcome="applied")
 
 
 def client(worker: Worker, token: str | None = "admin") -> httpx.Client:

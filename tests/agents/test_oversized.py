@@ -8,7 +8,6 @@ after the restart, crashed it again, for ever.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 import httpx
@@ -18,7 +17,7 @@ from streamapp.core.models import AppendHistory, HistoryRecord, RecipientCommand
 from streamapp.kafka.publisher import CommandPublisher, aiokafka_send, started_producer
 from streamapp.kafka.topics import commands_topic
 from streamapp.settings import load_settings
-from tests.fixtures import Worker, WorkerPool, client, eventually, get_when
+from tests.fixtures import Worker, WorkerPool, client, eventually, get_when, metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +28,7 @@ VALUE = "Z" * (60 * 1024)
 
 
 def commands_total(worker: Worker, outcome: str) -> float:
-    text = httpx.get(f"{worker.url}/metrics", timeout=5).text
-    match = re.search(rf'^streamapp_recipient_commands_total\{{outcome="{outcome}"\}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return metric_value(worker.url, "streamapp_recipient_commands_total", outcome=outcome)
 
 
 async def publish_raw(worker: Worker, commands: list[RecipientCommand]) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures import Worker, client, get_when
+from tests.fixtures import Worker, client, get_when, metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,7 @@ def valid_rows(prefix: str, n: int = 10_000, pad: int = 800) -> list[dict[str, o
 
 def accepted_rows(worker: Worker) -> float:
     """streamapp_ingest_rows_total{outcome="accepted"} of the members database."""
-    for family in text_string_to_metric_families(httpx.get(f"{worker.url}/metrics", timeout=10).text):
-        if family.name == "streamapp_ingest_rows":
-            return sum(
-                s.value
-                for s in family.samples
-                if s.name.endswith("_total") and s.labels.get("outcome") == "accepted"
-                and s.labels.get("database") == "members"
-            )  # fmt: skip
-    return 0.0
+    return metric_value(worker.url, "streamapp_ingest_rows_total", outcome="accepted", database="members")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ ledger sends that message once.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 import uuid
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from streamapp.http.forwarding import OWNER_PATIENCE
-from tests.fixtures import TOKENS, Worker, WorkerPool, applied_commands, client, eventually
+from tests.fixtures import TOKENS, Worker, WorkerPool, applied_commands, client, eventually, metric_value
 from tests.mail.fixtures import Peers, peers  # noqa: F401
 from tests.sending.fixtures import maildir_ids, smtp_extra, write_templates
 
@@ -51,9 +50,7 @@ def listening(worker: Worker, timeout: float = 60) -> int:
 
 
 def unchecked(worker: Worker) -> float:
-    text = httpx.get(f"{worker.url}/metrics", timeout=5).text
-    match = re.search(r"^streamapp_idempotency_unchecked_total (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return metric_value(worker.url, "streamapp_idempotency_unchecked_total")
 
 
 def test_a_keyed_message_is_accepted_while_its_owner_replays_and_sent_once(
