@@ -66,8 +66,8 @@ class Options:
     kill_max: float = 20.0
     partitions: int = 4
     connections: int = 4
-    file_rows: int = 200_000
-    campaign_rows: int = 20_000
+    file_rows: int = LoadPlan.file_rows
+    campaign_rows: int = LoadPlan.campaign_rows
     bulk_every: float = 300.0  # a new campaign and file every this many seconds
     idle: float = 90.0  # after the load, wait while anything still moves; give up after this long idle
     settle_max: float = 900.0
