@@ -14,7 +14,8 @@ from mode import Service
 from streamapp.agents import recipients as recipient_agents
 from streamapp.agents import sending as sending_agents
 from streamapp.http.server import ApiServer
-from streamapp.kafka.topics import TopicError, ensure_topics_sync
+from streamapp.kafka.lag import LagReporter
+from streamapp.kafka.topics import TopicError, commands_topic, ensure_topics_sync, messages_topics
 from streamapp.runtime import StreamApp, create_runtime
 from streamapp.sending.retention import RetentionStores, RetentionSweeper
 from streamapp.settings import Settings
@@ -34,7 +35,8 @@ def assemble(settings: Settings) -> StreamApp:
 def services(sa: StreamApp, dev_sink: bool = False) -> list[Service]:
     """The services that run beside the Faust app in one worker."""
     settings = sa.settings
-    running: list[Service] = [ApiServer(sa)]
+    consumed = [commands_topic(settings), *(messages_topics(settings) if sa.sending is not None else [])]
+    running: list[Service] = [ApiServer(sa), LagReporter(settings, consumed)]
     if settings.imports or settings.triggers or settings.campaigns:
         from streamapp.imports.watcher import DropWatcher
 
