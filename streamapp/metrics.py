@@ -76,3 +76,13 @@ EVENT_LOOP_LAG = Histogram(
     "How late the event loop ran a timer (streamapp.http.loop_lag): time blocked by one request or task",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+CONSUMER_LAG_RECORDS = Gauge(
+    "streamapp_consumer_lag_records",
+    "Broker end offset minus the group's committed offset, per partition of the consumed topics, owned or not",
+    ["topic", "partition"],
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "streamapp_consumer_lag_seconds",
+    "Estimated age of the oldest unread record per partition (from end offsets sampled every 5 s; 0 if none)",
+    ["topic", "partition"],
+)
