@@ -6,7 +6,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 registry: CollectorRegistry = REGISTRY
 
-HTTP_REQUESTS = Counter("streamapp_http_requests", "HTTP requests by route template and status code", ["route", "code"])
+HTTP_REQUESTS = Counter(
+    "streamapp_http_requests", "HTTP requests by method, route template and status code", ["method", "route", "code"]
+)
 HTTP_DURATION = Histogram(
     "streamapp_http_request_duration_seconds",
     "HTTP request duration by route template",
@@ -71,6 +73,8 @@ IDEMPOTENCY_UNCHECKED = Counter(
     "streamapp_idempotency_unchecked",
     "Trigger messages with an idempotency key accepted while no owner of the key answered (not checked for 409)",
 )
+READY = Gauge("streamapp_ready", "1 while the worker serves: started, not rebalancing, its tables recovered")
+BUILD_INFO = Gauge("streamapp_build_info", "Always 1; the label says which streamapp version runs", ["version"])
 EVENT_LOOP_LAG = Histogram(
     "streamapp_event_loop_lag_seconds",
     "How late the event loop ran a timer (streamapp.http.loop_lag): time blocked by one request or task",

@@ -7,15 +7,21 @@ CLI runs it, tests and benchmarks build it.
 from __future__ import annotations
 
 import logging
+from typing import get_args
 
 import faust
 from mode import Service
 
+import streamapp
+from streamapp import metrics
 from streamapp.agents import recipients as recipient_agents
 from streamapp.agents import sending as sending_agents
+from streamapp.core.models import PRIORITIES, MessageStatus
 from streamapp.http.server import ApiServer
+from streamapp.imports.report import Outcome as FileOutcome
 from streamapp.kafka.lag import LagReporter
 from streamapp.kafka.topics import TopicError, commands_topic, ensure_topics_sync, messages_topics
+from streamapp.mail.smtp import ReplyClass
 from streamapp.runtime import StreamApp, create_runtime
 from streamapp.sending.retention import RetentionStores, RetentionSweeper
 from streamapp.settings import Settings
@@ -30,6 +36,46 @@ def assemble(settings: Settings) -> StreamApp:
     if sa.sending is not None:
         sending_agents.register(sa, sa.sending)
     return sa
+
+
+#: Outcomes of streamapp_ingest_rows_total, the same for every source.
+INGEST_OUTCOMES = ("accepted", "rejected")
+#: Outcomes of streamapp_recipient_commands_total (agents/recipients.py, recipients/apply.py).
+COMMAND_OUTCOMES = ("applied", "failed", "invalid", "oversize")
+
+
+def export_known_series(sa: StreamApp) -> None:
+    """Every label combination that can be known at start-up, at 0 (SPEC §7), so that `increase()` sees the
+    first event (a series born at 1 has no increase), plus streamapp_ready and streamapp_build_info."""
+    settings = sa.settings
+    metrics.BUILD_INFO.labels(version=streamapp.__version__).set(1)
+    metrics.READY.set_function(lambda: _ready(sa))
+    for name in settings.databases:
+        sources = ["api", *(f"file:{i.name}" for i in settings.imports if i.database == name)]
+        for source in sources:
+            for outcome in INGEST_OUTCOMES:
+                metrics.INGEST_ROWS.labels(database=name, source=source, outcome=outcome)
+    for imported in settings.imports:
+        for file_outcome in get_args(FileOutcome):
+            metrics.FILES.labels(imported.name, file_outcome)
+    for command_outcome in COMMAND_OUTCOMES:
+        metrics.COMMANDS.labels(outcome=command_outcome)
+    if sa.sending is None:
+        return
+    for priority in PRIORITIES:
+        for status in (*get_args(MessageStatus), "invalid"):
+            metrics.MESSAGES.labels(priority=priority, outcome=status)
+        metrics.QUEUE_DEPTH.labels(priority)
+        metrics.OLDEST_QUEUED_AGE.labels(priority)
+    for reply_class in get_args(ReplyClass):
+        metrics.SMTP_REPLIES.labels(reply_class)
+
+
+def _ready(sa: StreamApp) -> float:
+    try:
+        return 1.0 if sa.kafka.is_ready() else 0.0
+    except Exception:  # a scrape while the app starts or stops: not serving, and /metrics still answers
+        return 0.0
 
 
 def services(sa: StreamApp, dev_sink: bool = False) -> list[Service]:
@@ -61,6 +107,7 @@ def run_worker(settings: Settings, loglevel: str = "info", dev_sink: bool = Fals
         log.error("%s", exc)
         return 2
     sa = assemble(settings)
+    export_known_series(sa)
     worker = faust.Worker(sa.faust, *services(sa, dev_sink), loglevel=loglevel, override_logging=True)
     try:
         worker.execute_from_commandline()

@@ -35,6 +35,9 @@ from streamapp.runtime import StreamApp
 
 log = logging.getLogger(__name__)
 
+#: Methods counted by name in streamapp_http_requests_total; any other is `other`.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -65,7 +68,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = json_response({"error": "internal error"}, status=500)
     route = route_template(request)
-    metrics.HTTP_REQUESTS.labels(route=route, code=str(response.status)).inc()
+    method = request.method if request.method in METHODS else "other"  # a label never takes what clients invent
+    metrics.HTTP_REQUESTS.labels(method=method, route=route, code=str(response.status)).inc()
     metrics.HTTP_DURATION.labels(route=route).observe(time.perf_counter() - started)
     return response
 

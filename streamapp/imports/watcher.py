@@ -200,5 +200,5 @@ def record_metrics(report: ImportReport) -> None:
     metrics.FILES.labels(report.import_, report.outcome).inc()
     metrics.IMPORT_DURATION.labels(report.import_).observe(report.seconds)
     source = f"file:{report.import_}"
-    metrics.INGEST_ROWS.labels(report.database, source, "applied").inc(report.applied)
+    metrics.INGEST_ROWS.labels(report.database, source, "accepted").inc(report.applied)
     metrics.INGEST_ROWS.labels(report.database, source, "rejected").inc(report.rejected)

@@ -321,7 +321,8 @@ def test_health_metrics_and_openapi(worker: Worker) -> None:
     with client(worker) as api:
         api.get("/api/v1/databases/members/recipients/some-secret-id")
     metrics = httpx.get(f"{worker.url}/metrics").text
-    assert 'streamapp_http_requests_total{code="404",route="/api/v1/databases/{db}/recipients/{originalId}"}' in metrics
+    route = "/api/v1/databases/{db}/recipients/{originalId}"
+    assert f'streamapp_http_requests_total{{code="404",method="GET",route="{route}"}}' in metrics
     assert "streamapp_http_request_duration_seconds_bucket" in metrics
     assert "some-secret-id" not in metrics
     assert "streamapp_faust_messages_received" in metrics
