@@ -52,6 +52,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """The group's workers, their partitions, lag, queues and the last imports (streamapp.status)."""
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    from streamapp.status import as_json, gather, render
+
+    settings = _settings_or_exit()
+    try:
+        status = asyncio.run(gather(settings))
+    except (KafkaError, OSError) as exc:
+        print(f"cannot read the group from {settings.service.broker}: {exc}", file=sys.stderr)
+        return 2
+    print(as_json(status) if args.json else render(status))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from streamapp.worker import run_worker
 
@@ -190,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="an [[imports]] name, or a send folder: triggers/<trigger> or campaigns",
     )
     manual.set_defaults(func=cmd_import)
+    status = sub.add_parser("status", help="workers, partitions, lag, queues and last imports of the group")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status.set_defaults(func=cmd_status)
     check = sub.add_parser("check-config", help="validate the configuration")
     check.set_defaults(func=cmd_check_config)
     return parser
