@@ -15,12 +15,14 @@ log = logging.getLogger("streamapp")
 
 
 def _checked_settings() -> Settings:
-    """The configuration, templates linted and segments parsed too (SPEC §2, §9): ConfigError lists every issue."""
+    """The configuration, templates linted, segments and journeys parsed too (SPEC §2, §9, §10): ConfigError
+    lists every issue."""
+    from streamapp.journeys.config import check_journeys
     from streamapp.mail.template_lint import check_templates
     from streamapp.segments.config import check_segments
 
     settings = load_settings()
-    issues = check_templates(settings) + check_segments(settings)
+    issues = check_templates(settings) + check_segments(settings) + check_journeys(settings)
     if issues:
         raise ConfigError(issues)
     return settings
@@ -47,7 +49,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(
         f"{settings.path}: OK ({len(settings.databases)} database(s), {len(settings.tokens)} token(s), "
         f"{len(settings.imports)} import(s), {len(settings.triggers)} trigger(s), "
-        f"{len(settings.campaigns)} campaign(s))"
+        f"{len(settings.campaigns)} campaign(s), {len(settings.journeys)} journey(s))"
     )
     return 0
 

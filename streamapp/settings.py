@@ -257,6 +257,8 @@ class TriggerSettings:
     transactional: bool
     #: None: properties are not declared, any are accepted (and templates may use any name).
     properties: Mapping[str, DeclaredProperty] | None = None
+    #: `track`: opens and clicks are tracked (SPEC §8); off by default for transactional triggers.
+    track: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,17 @@ class CampaignSettings:
     database: str
     template: str
     properties: Mapping[str, DeclaredProperty] | None = None
+    track: bool = True
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """`[tracking]` (SPEC §8): the open pixel and the click redirects, each switched off here for all."""
+
+    opens: bool = True
+    clicks: bool = True
+    #: An open this soon after delivery is a machine's (a prefetcher or a scanner), not a reader's.
+    machine_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -275,6 +288,15 @@ class SegmentSettings:
     name: str
     database: str
     definition: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class JourneySettings:
+    """A `[[journeys]]` entry (SPEC §10). `file` (resolved against the config file's folder) stays
+    unread here: `streamapp.journeys.config` reads and checks it, as segments parse their definitions."""
+
+    name: str
+    file: Path
 
 
 @dataclass(frozen=True)
@@ -290,6 +312,9 @@ class Settings:
     campaigns: Mapping[str, CampaignSettings] = field(default_factory=dict)
     #: In configuration order: `segments[i]` of the file is `segments[i]` here.
     segments: tuple[SegmentSettings, ...] = ()
+    tracking: TrackingSettings = TrackingSettings()
+    #: In configuration order: `journeys[i]` of the file is `journeys[i]` here.
+    journeys: tuple[JourneySettings, ...] = ()
 
     @property
     def templates_dir(self) -> Path:
@@ -982,8 +1007,21 @@ def _read_messages(
             _check_template(r, t.at("template"), templates / template)
             transactional = t.get("transactional", bool, False) if table == "triggers" else False
             properties = _read_properties(r, t.get("properties", dict, None), t.at("properties"))
-            items.append(TriggerSettings(name, database, template, transactional, properties))
+            track = t.get("track", bool, not transactional)  # transactional mail is not tracked unless asked
+            items.append(TriggerSettings(name, database, template, transactional, properties, track))
     return items
+
+
+def _read_tracking(r: _Reader, data: Any) -> TrackingSettings:
+    """`[tracking] opens = true, clicks = true`: both on when the table is absent."""
+    if data is None:
+        return TrackingSettings()
+    with r.table(data, "tracking") as t:
+        return TrackingSettings(
+            opens=t.get("opens", bool, True),
+            clicks=t.get("clicks", bool, True),
+            machine_seconds=t.get("machine_seconds", float, 60.0, _non_negative),
+        )
 
 
 def _read_properties(r: _Reader, data: dict[str, Any] | None, place: str) -> dict[str, DeclaredProperty] | None:
@@ -1041,6 +1079,19 @@ def _read_segments(r: _Reader, data: Any, databases: Mapping[str, DatabaseSettin
     return tuple(segments)
 
 
+def _read_journeys(r: _Reader, data: Any, base: Path) -> tuple[JourneySettings, ...]:
+    """Every `[[journeys]]` entry: a unique name and its definition file (checked by streamapp.journeys.config)."""
+    journeys: list[JourneySettings] = []
+    for i, item in enumerate(_array(r, data, "journeys")):
+        with r.table(item, f"journeys[{i}]") as t:
+            name = t.get("name", str, f"#{i}", _name_check)
+            if any(j.name == name for j in journeys):
+                r.error(t.at("name"), f"journey {name!r} is defined twice")
+            file = t.get("file", str, check=_non_empty)  # required: the issue is recorded, the entry kept
+            journeys.append(JourneySettings(name, base / file if isinstance(file, str) else base))
+    return tuple(journeys)
+
+
 def _array(r: _Reader, data: Any, place: str) -> list[Any]:
     if data is None:
         return []
@@ -1054,7 +1105,10 @@ def _array(r: _Reader, data: Any, place: str) -> list[Any]:
 # Entry points.
 # --------------------------------------------------------------------------
 
-TOP_LEVEL = ("service", "smtp", "tokens", "databases", "history_types", "imports", "triggers", "campaigns", "segments")
+TOP_LEVEL = (
+    "service", "smtp", "tokens", "databases", "history_types", "imports", "triggers", "campaigns", "segments",
+    "tracking", "journeys",
+)  # fmt: skip
 
 
 def config_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -1091,7 +1145,7 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
     templates = base / "templates"
     triggers = {t.name: t for t in _read_messages(r, raw.get("triggers"), "triggers", databases, templates)}
     campaigns = {
-        c.name: CampaignSettings(c.name, c.database, c.template, c.properties)
+        c.name: CampaignSettings(c.name, c.database, c.template, c.properties, c.track)
         for c in _read_messages(r, raw.get("campaigns"), "campaigns", databases, templates)
     }
     history_types = _read_history_types(r, raw.get("history_types"))
@@ -1106,6 +1160,8 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
         triggers=triggers,
         campaigns=campaigns,
         segments=_read_segments(r, raw.get("segments"), databases),
+        tracking=_read_tracking(r, raw.get("tracking")),
+        journeys=_read_journeys(r, raw.get("journeys"), base),
     )
 
 
