@@ -14,6 +14,7 @@ from typing import Any
 import faust
 from aiokafka import TopicPartition
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from prometheus_client import Histogram
 
 from streamapp import metrics
 from streamapp.kafka import flow, security, transport
@@ -75,11 +76,44 @@ class _Monitor(PrometheusMonitor):  # type: ignore[misc]
         pass
 
 
+#: Faust's latency histograms, observed in milliseconds, and the names they are exported under in seconds.
+_MILLISECOND_HISTOGRAMS = {
+    "events_runtime_latency": "streamapp_faust_events_runtime_seconds",
+    "producer_send_latency": "streamapp_faust_producer_send_latency_seconds",
+    "producer_error_send_latency": "streamapp_faust_producer_error_send_latency_seconds",
+    "assign_latency": "streamapp_faust_assign_latency_seconds",
+    "rebalance_done_consumer_latency": "streamapp_faust_rebalance_done_consumer_latency_seconds",
+    "rebalance_done_latency": "streamapp_faust_rebalance_done_latency_seconds",
+    "consumer_commit_latency": "streamapp_faust_consumer_commit_latency_seconds",
+}
+#: Faust series that are never set here (its web server is off; _Monitor drops the per-key table sensors).
+_NEVER_SET = ("http_status_codes", "http_latency", "table_operations")
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _SecondsHistogram:
+    """Takes Faust's millisecond observations, exports them in seconds (SPEC §7: base units)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._histogram = Histogram(name, documentation, registry=metrics.registry, buckets=_SECONDS_BUCKETS)
+
+    def observe(self, milliseconds: float) -> None:
+        self._histogram.observe(milliseconds / 1000)
+
+
 def _monitor() -> PrometheusMonitor:
-    """Faust's own sensors, exported with our prefix on our /metrics (created once per process)."""
+    """Faust's own sensors, exported with our prefix on our /metrics (created once per process): latencies
+    in seconds, and without the series nothing sets (`promtool check metrics` on a scrape finds nothing)."""
     global _faust_metrics
     if _faust_metrics is None:
-        _faust_metrics = FaustMetrics.create(metrics.registry, "streamapp_faust")
+        created = FaustMetrics.create(metrics.registry, "streamapp_faust")
+        for name in (*_MILLISECOND_HISTOGRAMS, *_NEVER_SET):
+            metrics.registry.unregister(getattr(created, name))
+        seconds = {
+            field: _SecondsHistogram(name, f"Faust's {field.replace('_', ' ')}, in seconds")
+            for field, name in _MILLISECOND_HISTOGRAMS.items()
+        }
+        _faust_metrics = created._replace(**seconds)
     return _Monitor(metrics=_faust_metrics)
 
 
