@@ -72,6 +72,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    """A new DKIM key (SPEC §11): the PEM file, the [[dkim]] entry and the DNS TXT record to publish."""
+    from streamapp.mail.dkim import DkimError, format_keygen_output, generate_key
+
+    try:
+        key = generate_key(args.domain, args.selector, args.algorithm, args.bits, args.out_dir)
+    except DkimError as exc:
+        print(f"dkim keygen: {exc}", file=sys.stderr)
+        return 2
+    print(format_keygen_output(key), end="")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from streamapp.worker import run_worker
 
@@ -213,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="workers, partitions, lag, queues and last imports of the group")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     status.set_defaults(func=cmd_status)
+    dkim = sub.add_parser("dkim", help="DKIM signing keys").add_subparsers(dest="dkim_command", required=True)
+    keygen = dkim.add_parser("keygen", help="write a new key and print its [[dkim]] entry and DNS record")
+    keygen.add_argument("--domain", required=True, help="the From domain it signs for")
+    keygen.add_argument("--selector", required=True, help="the DKIM selector (the DNS name's first label)")
+    keygen.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa")
+    keygen.add_argument("--bits", type=int, default=2048, help="RSA key size (2048 to 4096)")
+    keygen.add_argument("--out-dir", type=Path, default=Path("config/secrets"), help="folder of the PEM file")
+    keygen.set_defaults(func=cmd_dkim_keygen)
     check = sub.add_parser("check-config", help="validate the configuration")
     check.set_defaults(func=cmd_check_config)
     return parser

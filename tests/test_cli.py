@@ -105,3 +105,18 @@ def test_worker_refuses_to_start_on_a_template_with_an_unknown_name(tmp_path: Pa
     assert run.returncode == 2
     file = (tmp_path / "templates" / "reset" / "body.html").resolve()
     assert f"config error: {file}: line 2: attribute 'frstname' is not declared by database 'members'" in run.stderr
+
+
+def test_dkim_keygen_writes_a_private_key_and_prints_its_entry_and_dns_record(tmp_path: Path) -> None:
+    from streamapp.mail.dkim import load_private_key, txt_record
+
+    run = streamapp("dkim", "keygen", "--domain", "Example.COM", "--selector", "s2026", "--algorithm", "ed25519",
+                    "--out-dir", str(tmp_path))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    pem = tmp_path / "example.com.s2026.pem"
+    assert pem.stat().st_mode & 0o777 == 0o600
+    assert f'[[dkim]]\ndomain = "example.com"\nselector = "s2026"\nprivate_key = "{pem}"' in run.stdout
+    assert "s2026._domainkey.example.com. 3600 IN TXT (" in run.stdout
+    assert txt_record(load_private_key(pem)) in run.stdout  # the record publishes this very key
+    again = streamapp("dkim", "keygen", "--domain", "example.com", "--selector", "s2026", "--out-dir", str(tmp_path))
+    assert again.returncode == 2 and "already exists" in again.stderr
