@@ -3,6 +3,11 @@
 Commands arrive in batches, one Kafka event per partition chunk, and are applied in order, so
 writes for one recipient keep the order the API or the import produced them in. A bad event is
 logged, counted and skipped: it never stops the agent.
+
+The agent is also the one writer of the partition's segment state (streamapp.segments.engine):
+after the commands, it re-evaluates the recipients they wrote (and on a `SegmentTick`, fires the
+flips due and feeds a build slice), publishes the membership changes, and flushes the segment
+states with the rows, in the same event.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 import msgspec
 
 from streamapp import metrics
-from streamapp.core.models import decode_batch
+from streamapp.core.models import SegmentTick, decode_batch
 from streamapp.kafka.gaps import OffsetTracker
 from streamapp.recipients.apply import Chunks, apply_all
 from streamapp.runtime import StreamApp
@@ -47,9 +52,15 @@ def register(sa: StreamApp) -> None:
                 metrics.COMMANDS.labels(outcome="invalid").inc()
                 continue
             partition = event.message.partition
+            segments = await sa.segments.partition(partition)
             chunks = Chunks.open(sa.recipients, sa.history, sa.batches, partition, idempotency)
             result = apply_all(chunks, batch.commands, event.message.offset)
+            ticks = sum(1 for command in batch.commands if isinstance(command, SegmentTick))
+            states = await sa.segments.after_event(
+                segments, chunks.recipients, chunks.history, chunks.touched(), chunks.replayed, tick=ticks > 0
+            )
             await chunks.flush()
-            metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - result.skipped)
+            await states.flush()
+            metrics.COMMANDS.labels(outcome="applied").inc(len(batch.commands) - ticks - result.skipped)
             metrics.COMMANDS.labels(outcome="failed").inc(result.failed)  # oversize is counted in apply_all
             yield None

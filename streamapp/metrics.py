@@ -80,6 +80,19 @@ EVENT_LOOP_LAG = Histogram(
     "How late the event loop ran a timer (streamapp.http.loop_lag): time blocked by one request or task",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+# -- tracking (streamapp.sending.tracking) ----------------------------------------
+TRACKING_HITS = Counter(
+    "streamapp_tracking_hits",
+    "Open pixel and click requests with a genuine token, by what they recorded: opened (a reader's first open),"
+    " machine (a prefetcher's or within 60 s of delivery), clicked (a link's first click), repeat, dropped",
+    ["kind", "outcome"],
+)
+_TRACKING_OUTCOMES = {"open": ("opened", "machine", "repeat", "dropped"), "click": ("clicked", "repeat", "dropped")}
+for _kind, _outcomes in _TRACKING_OUTCOMES.items():
+    for _outcome in _outcomes:
+        TRACKING_HITS.labels(kind=_kind, outcome=_outcome)
+
 CONSUMER_LAG_RECORDS = Gauge(
     "streamapp_consumer_lag_records",
     "Broker end offset minus the group's committed offset, per partition of the consumed topics, owned or not",
@@ -89,4 +102,21 @@ CONSUMER_LAG_SECONDS = Gauge(
     "streamapp_consumer_lag_seconds",
     "Estimated age of the oldest unread record per partition (from end offsets sampled every 5 s; 0 if none)",
     ["topic", "partition"],
+)
+
+# -- segments (streamapp.segments) ----------------------------------------------
+SEGMENT_MEMBERS = Gauge(
+    "streamapp_segment_members",
+    "Members of a ready segment in this worker's partitions (exact; sum over workers for the segment's count)",
+    ["database", "segment"],
+)
+TIMER_LATENESS = Histogram(
+    "streamapp_timer_lateness_seconds",
+    "How late each due segment timer fired: the flip's re-evaluation time minus its due time",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+SEGMENT_CHANGES = Counter(
+    "streamapp_segment_changes",
+    "Segment membership changes published (entered or left), by database",
+    ["database"],
 )

@@ -82,7 +82,7 @@ def services(sa: StreamApp, dev_sink: bool = False) -> list[Service]:
     """The services that run beside the Faust app in one worker."""
     settings = sa.settings
     consumed = [commands_topic(settings), *(messages_topics(settings) if sa.sending is not None else [])]
-    running: list[Service] = [ApiServer(sa), LagReporter(settings, consumed)]
+    running: list[Service] = [sa.segments, ApiServer(sa), LagReporter(settings, consumed)]
     if settings.imports or settings.triggers or settings.campaigns:
         from streamapp.imports.watcher import DropWatcher
 

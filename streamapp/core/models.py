@@ -159,6 +159,9 @@ class BatchInfo(msgspec.Struct, tag="batch", kw_only=True, omit_defaults=True):
     ignoredColumns: list[str] = msgspec.field(default_factory=list)
     sendTime: str | None = None
     createdAt: str
+    #: An audience send (SPEC §9): to this segment's active members as of `sendTime`; `total` is unknown
+    #: (0 here) until every partition evaluated it (streamapp.sending.audience).
+    segment: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The batch as GET /api/v1/batches/{batchId} shows it (without the command tag)."""
@@ -167,8 +170,16 @@ class BatchInfo(msgspec.Struct, tag="batch", kw_only=True, omit_defaults=True):
         return view
 
 
+class SegmentTick(msgspec.Struct, tag="segtick", kw_only=True):
+    """Segment work is due in this partition (flips, a build slice): the timer publishes it to the
+    partition so the agent, the partition's one writer, does the work (streamapp.segments.engine).
+    It carries nothing to apply: a replayed tick does what is due when it is read again."""
+
+    at: str
+
+
 RecipientCommand = UpsertRecipient | DeleteRecipient | AppendHistory | SoftBounce
-Command = RecipientCommand | SweepInactive | BatchInfo | EraseIdempotency
+Command = RecipientCommand | SweepInactive | BatchInfo | EraseIdempotency | SegmentTick
 
 
 class CommandBatch(msgspec.Struct):
@@ -241,6 +252,9 @@ class SendMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: recipient is late (its upsert not applied yet), never unknown.
     upserted: bool = False
     enqueuedAt: str
+    #: Not an e-mail: the audience send of `batchId` for this partition, to this segment's members
+    #: (streamapp.sending.audience); the other fields are what each member's message gets.
+    audience: str | None = None
 
 
 class SmtpReply(msgspec.Struct, kw_only=True):
@@ -270,6 +284,14 @@ class MessageState(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: When the message first found its recipient not created yet (streamapp.sending.pipeline).
     lateSince: str | None = None
     command: SendMessage | None = None
+    #: The trigger or campaign that sent it (SendMessage.name): whose campaign report counts it.
+    name: str | None = None
+    #: What became of it after the relay took it (SPEC §8), each at most once: `opened` (a human open),
+    #: `machine` (an open by a prefetcher), `clicked`, `bounced`, `complained`, `unsubscribed`. The
+    #: batch and campaign counts follow it (streamapp.sending.ledger), so a repeat counts nothing.
+    engaged: list[str] = msgspec.field(default_factory=list)
+    #: Digests of the URLs clicked (streamapp.sending.tracking): a click on another link is recorded too.
+    clicks: list[str] = msgspec.field(default_factory=list)
 
     def waiting(self) -> bool:
         """Still to be sent by the schedule (scheduled or deferred, command kept)."""

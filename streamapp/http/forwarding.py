@@ -110,7 +110,7 @@ class OwnerRouter:
             raise OwnerUnavailable("ownership is moving between workers")
         target = owner.with_path(request.rel_url.raw_path, encoded=True).with_query(request.rel_url.query)
         passed = {h: request.headers[h] for h in PASSED_HEADERS if h in request.headers}
-        if body:  # what aiohttp would add unasked, and the signature must cover
+        if body or request.method in ("PATCH", "POST", "PUT"):  # aiohttp adds it unasked; the signature covers it
             passed.setdefault("Content-Type", "application/octet-stream")
         headers = self.signed_headers(request.method, target, passed, body or b"")
         try:

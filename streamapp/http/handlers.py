@@ -15,10 +15,13 @@ from aiohttp import web
 from streamapp.http.auth import Authenticator
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.http.route_specs import api_routes
-from streamapp.http.routes.batches import BatchRoutes
+from streamapp.http.routes.batches import BatchRoutes, CancelRoutes
 from streamapp.http.routes.health import HealthRoutes
 from streamapp.http.routes.messages import MessageRoutes
 from streamapp.http.routes.recipients import RecipientRoutes
+from streamapp.http.routes.reports import ReportRoutes
+from streamapp.http.routes.segments import SegmentRoutes
+from streamapp.http.routes.tracking import TrackingRoutes
 from streamapp.http.routes.triggers import TriggerRoutes
 from streamapp.http.routes.unsubscribe import UnsubscribeRoutes
 from streamapp.http.schemas import database_checks
@@ -45,23 +48,43 @@ def handlers(sa: StreamApp, owners: OwnerRouter) -> dict[str, Handler]:
         "eraseRecipient": recipients.delete_recipient,
         "addHistory": recipients.post_history,
         "getHistory": recipients.get_history,
+        **segment_handlers(SegmentRoutes(sa, auth, owners)),
     }
     if sa.sending is None:
         return bound
     triggers = TriggerRoutes(sa, sa.sending, auth, owners, checks)
     batches = BatchRoutes(sa.settings, sa.batches, sa.sending, auth, owners)
     messages = MessageRoutes(sa.settings, sa.sending, auth, owners)
-    unsubscribe = UnsubscribeRoutes(sa.publisher.publish, unsubscribe_keys(sa.settings))
+    unsubscribe = UnsubscribeRoutes(
+        sa.publisher.publish, unsubscribe_keys(sa.settings), owners, sa.sending.engine.ledger
+    )
+    tracking = TrackingRoutes(sa, sa.sending, owners, unsubscribe_keys(sa.settings))
     bound |= {
         "sendTriggerMessage": triggers.post_message,
         "sendTriggerBatch": triggers.post_trigger_batch,
         "sendCampaign": triggers.post_campaign_sends,
         "getBatch": batches.get_batch,
+        "cancelBatch": CancelRoutes(sa.settings, sa.batches, sa.sending, auth, owners).cancel_batch,
         "getMessage": messages.get_message,
         "unsubscribePage": unsubscribe.confirm_page,
         "unsubscribe": unsubscribe.unsubscribe,
+        "trackOpen": tracking.open_pixel,
+        "trackClick": tracking.click,
+        "getCampaignReport": ReportRoutes(sa.settings, sa.sending, auth, owners).get_report,
     }
     return bound
+
+
+def segment_handlers(segments: SegmentRoutes) -> dict[str, Handler]:
+    return {
+        "listSegments": segments.list_segments,
+        "previewSegment": segments.preview,
+        "getSegment": segments.get_segment,
+        "putSegment": segments.put_segment,
+        "deleteSegment": segments.delete_segment,
+        "getSegmentMembers": segments.get_members,
+        "getRecipientSegments": segments.get_recipient_segments,
+    }
 
 
 def register_routes(app: web.Application, sa: StreamApp, owners: OwnerRouter) -> None:

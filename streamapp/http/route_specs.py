@@ -13,10 +13,14 @@ from typing import Literal
 from streamapp.http.routing import CSV, FORM, HTML, JSON, NDJSON, TEXT, AnyOf, Body, Content, Param, Reply, Route, error
 from streamapp.http.routing import json_reply as answer
 from streamapp.http.schemas import (
+    SEGMENT_DEFINITION,
     Accepted,
+    AudienceSend,
     BatchAccepted,
+    BatchCancelled,
     BatchRow,
     BatchStatus,
+    CampaignReport,
     Databases,
     DateTimeText,
     Erased,
@@ -26,14 +30,25 @@ from streamapp.http.schemas import (
     HistoryRecordIn,
     IdempotencyKey,
     ItemId,
+    MembersCursor,
+    MembersLimit,
     MessageAccepted,
     MessageView,
     OriginalId,
     PartitionCounts,
     RecipientBatch,
     RecipientBatchItem,
+    RecipientSegments,
     RecipientUpdate,
     RecipientView,
+    SegmentCounts,
+    SegmentDeleted,
+    SegmentInfo,
+    SegmentList,
+    SegmentMembers,
+    SegmentName,
+    SegmentPreview,
+    TrackingToken,
     TriggerMessage,
     UnsubscribeToken,
 )
@@ -52,7 +67,7 @@ BODY_ERRORS = (401, 403, 404, 413, 422)
 
 def api_routes(settings: Settings) -> list[Route]:
     """Today's routes, in the order of the document."""
-    routes = service_routes() + recipient_routes()
+    routes = service_routes() + recipient_routes() + segment_routes()
     if settings.smtp is not None:
         routes += send_routes() + unsubscribe_routes()
     return routes
@@ -100,6 +115,46 @@ def recipient_routes() -> list[Route]:
     ]  # fmt: skip
 
 
+def segment_routes() -> list[Route]:
+    """Segment definitions, counts, members, previews (streamapp.http.routes.segments)."""
+    base = "/api/v1/databases/{db}/segments"
+    one = f"{base}/{{segment}}"
+    segment = Param("segment", "path", SegmentName)
+    partitions = Param("partitions", "query", str, "internal: these partitions only (workers ask each other)")
+    definition = Body((Content(JSON, SEGMENT_DEFINITION),), "the bare definition (SPEC §9)")
+    refused = error(409, "a configured segment (change it in the file), or one other segments reference")
+    limit = Param("limit", "query", MembersLimit, "members per page (default 1,000)")
+    cursor = Param("cursor", "query", MembersCursor, "the `cursor` of the previous page")
+    return [
+        Route("GET", base, "listSegments", "Segments with their counts and state", "recipients:read",
+              answer(200, "segments (SegmentCounts with `partitions`)", AnyOf((SegmentList, SegmentCounts))),
+              errors=(401, 403, 404, 422, 503), params=(DB, partitions), tags=("segments",)),
+        Route("POST", f"{base}/preview", "previewSegment",
+              "Evaluate an unsaved definition now: its count and up to 20 members", "recipients:read",
+              answer(200, "the preview", SegmentPreview), errors=(*BODY_ERRORS, 503), body=definition,
+              params=(DB, partitions), tags=("segments",)),
+        Route("GET", one, "getSegment", "A segment: definition, count, state, updatedAt, source", "recipients:read",
+              answer(200, "the segment", SegmentInfo), errors=(401, 403, 404, 503), params=(DB, segment),
+              tags=("segments",)),
+        Route("PUT", one, "putSegment", "Define or replace a segment; it is built over the existing recipients",
+              "admin", answer(200, "stored: building", SegmentInfo), errors=(*BODY_ERRORS, refused, 503),
+              body=definition, params=(DB, segment), tags=("segments",)),
+        Route("DELETE", one, "deleteSegment", "Remove an API-defined segment", "admin",
+              answer(200, "removed", SegmentDeleted), errors=(401, 403, 404, refused, 422, 503),
+              params=(DB, segment), tags=("segments",)),
+        Route("GET", f"{one}/members", "getSegmentMembers", "Member originalIds, paged", "recipients:read",
+              answer(200, "a page", SegmentMembers), errors=(401, 403, 404, 422, 503),
+              params=(DB, segment, limit, cursor), tags=("segments",)),
+        Route("GET", f"{recipient_path()}/segments", "getRecipientSegments", "The segments a recipient is in now",
+              "recipients:read", answer(200, "its segments", RecipientSegments), errors=(401, 403, 404, 422, 503),
+              params=(DB, ORIGINAL_ID), tags=("segments",)),
+    ]  # fmt: skip
+
+
+def recipient_path() -> str:
+    return "/api/v1/databases/{db}/recipients/{originalId}"
+
+
 def _items(array: object, item: object, single: bool = False) -> Body:
     """A batch body: a JSON array or NDJSON of the same items; `single`: or one item as a JSON object."""
     json = Content(JSON, AnyOf((array, item)), "one item, or an array of them") if single else Content(JSON, array)
@@ -112,6 +167,8 @@ def send_routes() -> list[Route]:
         (Content(JSON, list[BatchRow]), Content(NDJSON, BatchRow, ONE_PER_LINE), Content(CSV, None, CSV_ROWS)),
         "rows; a bad row is rejected (listed in the answer), the others are sent",
     )
+    audience = Content(JSON, AnyOf((list[BatchRow], AudienceSend)), "rows, or one object: an audience send (SPEC §9)")
+    campaign_body = Body((audience, *rows.content[1:]), f"{rows.description}; or an audience send")
     batch_accepted = answer(202, ACCEPTED, BatchAccepted)
     idempotency = Param("Idempotency-Key", "header", IdempotencyKey, "or `idempotencyKey` in the body")
     replayed = Param("Idempotent-Replayed", "header", Literal["true"], "the key was seen: the earlier messageId")
@@ -119,6 +176,7 @@ def send_routes() -> list[Route]:
     partitions = Param(
         "partitions", "query", str, "internal: counts of these ledger partitions only (workers ask each other)"
     )
+    progress = Param("audience", "query", str, "internal: with `partitions`, an audience send's progress there")
     send_errors = (*BODY_ERRORS, 503)
     return [
         Route("POST", "/api/v1/triggers/{trigger}/messages", "sendTriggerMessage",
@@ -130,12 +188,21 @@ def send_routes() -> list[Route]:
               "Batch transactional: each row updates its recipient and gets the trigger's message", "send",
               batch_accepted, errors=send_errors, body=rows, params=(TRIGGER,), tags=("sending",)),
         Route("POST", "/api/v1/campaigns/{campaign}/sends", "sendCampaign",
-              "Send campaign: each row updates its recipient and gets the campaign", "send", batch_accepted,
-              errors=send_errors, body=rows, params=(CAMPAIGN, send_time), tags=("sending",)),
+              "Send campaign: each row updates its recipient and gets the campaign; or an audience send", "send",
+              batch_accepted, errors=send_errors, body=campaign_body, params=(CAMPAIGN, send_time), tags=("sending",)),
         Route("GET", "/api/v1/batches/{batchId}", "getBatch", "A batch's counts; they converge to the total", "send",
               answer(200, "counts (PartitionCounts with `partitions`)", AnyOf((BatchStatus, PartitionCounts))),
               errors=(401, 403, 404, 422, 503),
+              params=(Param("batchId", "path", ItemId), partitions, progress), tags=("sending",)),
+        Route("POST", "/api/v1/batches/{batchId}/cancel", "cancelBatch",
+              "Cancel a batch: its messages not yet sent become failed (reason cancelled); idempotent", "send",
+              answer(202, "nothing more of the batch is sent", BatchCancelled), errors=(401, 403, 404, 422, 503),
               params=(Param("batchId", "path", ItemId), partitions), tags=("sending",)),
+        Route("GET", "/api/v1/campaigns/{campaign}/report", "getCampaignReport",
+              "What became of a campaign's messages: sent, delivered, bounced, complaints, unsubscribes, unique"
+              " human opens and unique clicks", "send",
+              answer(200, "the report (PartitionCounts with `partitions`)", AnyOf((CampaignReport, PartitionCounts))),
+              errors=(401, 403, 404, 422, 503), params=(CAMPAIGN, partitions), tags=("sending",)),
         Route("GET", "/api/v1/messages/{messageId}", "getMessage", "A message's status", "send",
               answer(200, "the ledger row", MessageView), errors=(401, 403, 404, 503),
               params=(Param("messageId", "path", ItemId),), tags=("sending",)),
@@ -143,7 +210,8 @@ def send_routes() -> list[Route]:
 
 
 def unsubscribe_routes() -> list[Route]:
-    """The unsubscribe page and RFC 8058 one-click unsubscribe (streamapp.http.routes.unsubscribe)."""
+    """The links of every message: the unsubscribe page and RFC 8058 one-click unsubscribe
+    (streamapp.http.routes.unsubscribe), the open pixel and the click redirect (streamapp.http.routes.tracking)."""
     token = Param("token", "path", UnsubscribeToken, "HMAC token from the message's List-Unsubscribe link")
     unknown = error(404, "unknown token")
     one_click = Body(
@@ -158,4 +226,21 @@ def unsubscribe_routes() -> list[Route]:
         Route("POST", "/u/{token}", "unsubscribe", "One-click unsubscribe (RFC 8058): no redirect", None,
               Reply(200, "unsubscribed", (Content(HTML),)), errors=(unknown,), body=one_click, params=(token,),
               tags=("unsubscribe",)),
+        *tracking_routes(),
+    ]  # fmt: skip
+
+
+def tracking_routes() -> list[Route]:
+    """The open pixel and the click redirect (SPEC §8): no auth, the signed token decides."""
+    token = Param("token", "path", TrackingToken, "signed token from the message's HTML")
+    unknown = error(404, "unknown, altered or unsigned token: nothing recorded, no redirect")
+    no_store = Param("Cache-Control", "header", str, "no-store")
+    location = Param("Location", "header", str, "the URL the token was signed with")
+    return [
+        Route("GET", "/t/o/{token}", "trackOpen", "Open pixel: records the message's open once", None,
+              Reply(200, "a 1x1 transparent GIF", (Content("image/gif"),), headers=(no_store,)), errors=(unknown,),
+              params=(token,), tags=("tracking",)),
+        Route("GET", "/t/c/{token}", "trackClick", "Click redirect: records the link's click once, then redirects",
+              None, Reply(302, "to the link's URL", headers=(location, no_store)), errors=(unknown,),
+              params=(token,), tags=("tracking",)),
     ]  # fmt: skip

@@ -151,6 +151,7 @@ MAX_ITEM_ID = 64
 ItemId = Annotated[str, Meta(min_length=1, max_length=MAX_ITEM_ID)]
 #: An unsubscribe token (streamapp.mail.unsubscribe: URL-safe base64, at most 4,096 characters).
 UnsubscribeToken = Annotated[str, Meta(min_length=1, max_length=4096, pattern="^[A-Za-z0-9_-]+$")]
+TrackingToken = Annotated[str, Meta(min_length=1, max_length=4096, pattern="^[A-Za-z0-9_-]+$")]
 CustomField = Annotated[
     Literal[
         "custom1", "custom2", "custom3", "custom4", "custom5", "custom6", "custom7", "custom8", "custom9",
@@ -219,6 +220,14 @@ class BatchRow(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     properties: Properties = msgspec.field(default_factory=dict)
 
 
+class AudienceSend(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An audience send (SPEC §9): the campaign to the segment's active members as of `sendTime`, each once."""
+
+    segment: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a segment of the campaign's database")]
+    sendTime: Annotated[DateTimeText | None, Meta(description="members evaluated and sent then; past: now")] = None
+    properties: Properties = msgspec.field(default_factory=dict)
+
+
 #: A JSON array body of a batch upsert or of history records (413 past MAX_BATCH, before validation).
 RecipientBatch = Annotated[list[RecipientBatchItem], Meta(max_length=MAX_BATCH)]
 HistoryBatch = Annotated[list[HistoryRecordIn], Meta(max_length=MAX_BATCH)]
@@ -266,10 +275,18 @@ class BatchAccepted(msgspec.Struct, kw_only=True):
     """What a batch send accepted; `errors` lists the first 100 rejected rows (line or item)."""
 
     batchId: str
-    accepted: int
+    accepted: Annotated[int | None, Meta(description="null for an audience send: its members are counted at sendTime")]
     rejected: int
     errors: list[RowError]
     ignoredColumns: Annotated[list[str], Meta(description="CSV columns not stored")]
+
+
+class BatchCancelled(msgspec.Struct, kw_only=True):
+    """Nothing more of the batch is sent (a message already handed to SMTP may be); its messages not yet sent
+    become `failed` with reason `cancelled`. A second cancel answers the same."""
+
+    batchId: str
+    cancelled: bool
 
 
 class Healthz(msgspec.Struct, kw_only=True):
@@ -294,9 +311,27 @@ class Databases(msgspec.Struct, kw_only=True):
 
 
 class PartitionCounts(msgspec.Struct, kw_only=True):
-    """Internal (`?partitions=`): a batch's message counts in some ledger partitions."""
+    """Internal (`?partitions=`): a batch's or a campaign's message counts in some ledger partitions, by status
+    and by engagement mark."""
 
     counts: dict[MessageStatus, int]
+    engaged: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class CampaignReport(msgspec.Struct, kw_only=True):
+    """What became of a campaign's messages, over all its sends (SPEC §8); each mark counts once per message."""
+
+    campaign: str
+    database: str
+    sent: Annotated[int, Meta(description="accepted by the relay")]
+    delivered: Annotated[int, Meta(description="accepted and not bounced since")]
+    bounced: Annotated[int, Meta(description="hard bounces: refused at SMTP or reported later")]
+    complained: int
+    unsubscribed: int
+    opened: Annotated[int, Meta(description="messages opened by a reader (unique human opens)")]
+    machineOpened: Annotated[int, Meta(description="messages a prefetcher opened, or within 60 s of delivery")]
+    clicked: Annotated[int, Meta(description="messages with a link clicked (unique clicks)")]
+    messages: Annotated[dict[MessageStatus, int], Meta(description="the campaign's messages by status")]
 
 
 #: Text fields of the records that hold an ISO 8601 time (UTC), so the document says so.
@@ -333,8 +368,14 @@ MessageView = _view(
 BatchStatus = _view(
     "BatchStatus",
     BatchInfo,
-    "A batch's counts: `total` and one key per message status plus `rejected`; they converge to the total.",
-    add=tuple((status, int) for status in get_args(MessageStatus)),
+    "A batch's counts: `total` and one key per message status plus `rejected`; they converge to the total"
+    " (`null` until an audience send's members are evaluated).",
+    drop=("total",),
+    add=(
+        ("total", int | None),
+        *((status, int | None) for status in get_args(MessageStatus)),
+        *((name, int) for name in ("delivered", "opened", "clicked", "complained", "unsubscribed")),
+    ),
 )
 
 
@@ -345,11 +386,70 @@ class History(msgspec.Struct, kw_only=True):
     records: list[HistoryRecordView]  # type: ignore[valid-type]
 
 
+# -- segments (SPEC §9; streamapp.http.routes.segments) -------------------------------------------
+
+SegmentName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="[A-Za-z0-9_-]{1,64}")]
+#: A segment definition (SPEC §9): validated by streamapp.segments.definition, whose 422 names each bad path.
+SEGMENT_DEFINITION: dict[str, Any] = {"type": "object", "description": "a segment definition (SPEC §9)"}
+MembersLimit = Annotated[int, Meta(ge=1, le=10_000)]
+MembersCursor = Annotated[str, Meta(pattern=r"^[0-9]{1,5}(:[A-Za-z0-9_-]{0,2000})?$")]
+
+
+class SegmentInfo(msgspec.Struct, kw_only=True):
+    """A segment: `count` is null while it is `building` (on any partition), exact once `ready`."""
+
+    name: str
+    definition: dict[str, Any]
+    count: int | None
+    state: Literal["building", "ready"]
+    updatedAt: Annotated[str, Meta(extra_json_schema={"format": "date-time"})] | None
+    source: Literal["config", "api"]
+
+
+class SegmentList(msgspec.Struct, kw_only=True):
+    """The database's segments, by name."""
+
+    segments: list[SegmentInfo]
+
+
+class SegmentCounts(msgspec.Struct, kw_only=True):
+    """Internal (`?partitions=`): members of each segment in some partitions, null where building."""
+
+    counts: dict[str, int | None]
+
+
+class SegmentMembers(msgspec.Struct, kw_only=True):
+    """A page of member originalIds; `cursor` fetches the next page (null: the last). A page may hold
+    fewer than `limit` members and still have a next one (pages follow the partitions' owners)."""
+
+    members: list[str]
+    cursor: str | None
+
+
+class SegmentDeleted(msgspec.Struct, kw_only=True):
+    name: str
+    deleted: bool = True
+
+
+class RecipientSegments(msgspec.Struct, kw_only=True):
+    """The ready segments the recipient is a member of now."""
+
+    originalId: str
+    segments: list[str]
+
+
+class SegmentPreview(msgspec.Struct, kw_only=True):
+    """An unsaved definition evaluated now: its member count and up to 20 members."""
+
+    count: int
+    sample: list[str]
+
+
 #: Every model of this module, so tools can list them (and SmtpReply, RowError they contain).
 MODELS: tuple[Any, ...] = (
     RecipientUpdate, RecipientBatchItem, HistoryRecordIn, TriggerMessage, BatchRow, ErrorDetail, Error, Accepted,
-    Erased, MessageAccepted, BatchAccepted, Healthz, DatabaseInfo, Databases, PartitionCounts, RecipientView,
-    HistoryRecordView, MessageView, BatchStatus, History, SmtpReply, RowError,
+    Erased, MessageAccepted, BatchAccepted, BatchCancelled, Healthz, DatabaseInfo, Databases, PartitionCounts,
+    CampaignReport, RecipientView, HistoryRecordView, MessageView, BatchStatus, History, SmtpReply, RowError,
 )  # fmt: skip
 
 

@@ -49,7 +49,14 @@ def messages_topics(settings: Settings) -> list[str]:
 
 
 def source_topics(settings: Settings) -> list[str]:
-    return [commands_topic(settings), *messages_topics(settings)]
+    """Topics with the configured partitions (co-partitioned with the tables), created before a worker starts."""
+    return [commands_topic(settings), *messages_topics(settings), segment_changes_topic(settings)]
+
+
+def segment_changes_topic(settings: Settings) -> str:
+    """Segment membership changes (SPEC §9): keyed by recipient key, in the recipient's partition (the
+    partition of its commands), so the journeys of SPEC §10 consume them where the recipient lives."""
+    return f"{settings.service.id}-segment-changes"
 
 
 def segment_definitions_topic(settings: Settings) -> str:

@@ -18,29 +18,24 @@ format 1 (no issue time, signed with a per-worker key) are no longer accepted.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import os
-import re
 import secrets
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from streamapp.mail import tokens
 from streamapp.settings import KeyRing, Settings
 
 VERSION = 2
-MAC_BYTES = 16
+MAC_BYTES = tokens.MAC_BYTES
 SECRET_BYTES = 32
 #: How long an unsubscribe link works after its message was built (SPEC §6).
 TOKEN_LIFETIME = timedelta(days=90)
 #: A token issued this far in the future (a signer's clock ahead of ours) is still accepted.
 CLOCK_SKEW = timedelta(days=1)
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,4096}")
-_LEN = struct.Struct(">H")
+_CONTEXT = b"streamapp-unsubscribe\0"
 _ISSUED = struct.Struct(">I")
 _HEADER = 1 + _ISSUED.size
 
@@ -57,20 +52,16 @@ def make_token(
 ) -> str:
     """The token for one recipient and message, to put in `<public_url>/u/<token>`."""
     issued = int((issued_at or datetime.now(UTC)).timestamp())
-    header = bytes([VERSION]) + _ISSUED.pack(issued)
-    payload = header + b"".join(_field(v) for v in (database, original_id, message_id))
-    return _b64(payload + _mac(signing_key, payload))
+    payload = bytes([VERSION]) + _ISSUED.pack(issued) + tokens.pack_fields((database, original_id, message_id))
+    return tokens.seal(signing_key, _CONTEXT, payload)
 
 
 def read_token(keys: KeyRing, token: str, *, now: datetime | None = None) -> UnsubscribeTarget | None:
     """The target of a genuine, unexpired token; None for anything forged, altered, truncated, old or malformed."""
-    raw = _unb64(token)
-    if raw is None or len(raw) < _HEADER + MAC_BYTES or raw[0] != VERSION:
+    payload = tokens.opened(keys, _CONTEXT, token, _HEADER)
+    if payload is None or payload[0] != VERSION or not _fresh(payload, now or datetime.now(UTC)):
         return None
-    payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-    if not _verifies(keys, payload, mac) or not _fresh(payload, now or datetime.now(UTC)):
-        return None
-    fields = _fields(payload[_HEADER:])
+    fields = tokens.unpack_fields(payload[_HEADER:])
     return UnsubscribeTarget(*fields) if fields is not None and len(fields) == 3 else None
 
 
@@ -84,12 +75,6 @@ def unsubscribe_keys(settings: Settings) -> KeyRing:
     if settings.service.keys is not None:
         return settings.service.keys
     return KeyRing.of([load_or_create_secret(settings.service.data_dir / "unsubscribe.key")])
-
-
-def _verifies(keys: KeyRing, payload: bytes, mac: bytes) -> bool:
-    """Whether any key made `mac`; every key is tried, so the time taken does not say which one."""
-    matches = [hmac.compare_digest(mac, _mac(key, payload)) for key in keys.verifying]
-    return any(matches)
 
 
 def _fresh(payload: bytes, now: datetime) -> bool:
@@ -123,42 +108,3 @@ def load_or_create_secret(path: Path) -> bytes:
     if len(secret) < 16:
         raise ValueError(f"{path}: an unsubscribe secret needs at least 16 bytes, found {len(secret)}")
     return secret
-
-
-def _mac(secret: bytes, payload: bytes) -> bytes:
-    return hmac.new(secret, b"streamapp-unsubscribe\0" + payload, hashlib.sha256).digest()[:MAC_BYTES]
-
-
-def _field(value: str) -> bytes:
-    data = value.encode("utf-8")
-    return _LEN.pack(len(data)) + data
-
-
-def _fields(data: bytes) -> list[str] | None:
-    out, pos = [], 0
-    try:
-        while pos < len(data):
-            (size,) = _LEN.unpack_from(data, pos)
-            pos += _LEN.size
-            if pos + size > len(data):
-                return None
-            out.append(data[pos : pos + size].decode("utf-8"))
-            pos += size
-    except (struct.error, UnicodeDecodeError):
-        return None
-    return out
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(token: str) -> bytes | None:
-    """Decode strictly: only the URL-safe alphabet, and only the canonical encoding of the bytes."""
-    if not isinstance(token, str) or not _TOKEN.fullmatch(token) or len(token) % 4 == 1:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    return raw if _b64(raw) == token else None

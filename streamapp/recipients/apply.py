@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -36,6 +36,7 @@ from streamapp.core.models import (
     EraseIdempotency,
     HistoryRecord,
     Recipient,
+    SegmentTick,
     SoftBounce,
     SweepInactive,
     UpsertRecipient,
@@ -70,6 +71,13 @@ class Chunks:
     history: PartitionTransaction
     batches: PartitionTransaction
     idempotency: PartitionTransaction | None = None
+    #: Recipients a command of this event left as they were (a replay after a crash, or a no-op): their
+    #: segment state is written again, as their row is (`reassert`).
+    replayed: set[bytes] = field(default_factory=set)
+
+    def touched(self) -> set[bytes]:
+        """Keys of the recipients whose row or history this event wrote (segments re-evaluate them)."""
+        return {k for k in (*self.recipients.pending, *self.history.pending) if not k.startswith(b"\x00")}
 
     @classmethod
     def open(
@@ -95,6 +103,8 @@ def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
     is staged.
     """
     recipients, history = chunks.recipients, chunks.history
+    if isinstance(command, SegmentTick):
+        return  # segment work of the partition: the agent does it after the event's commands
     if isinstance(command, SweepInactive):
         sweep(recipients, command, seq)
         return
@@ -112,16 +122,16 @@ def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
         updated = upsert_or_skip(current, command, seq)
         if updated is not None and updated is not current:
             recipients.set(key, encode_row(updated, current, len(raw or b""), command))
-        else:
-            reassert(recipients, key, raw, current, seq)
+        elif reassert(recipients, key, raw, current, seq):
+            chunks.replayed.add(key)
     elif isinstance(command, SoftBounce):
         raw = recipients.get(key)
         current = decode_recipient(raw) if raw is not None else None
         bounced = apply_soft_bounce(current, command, seq)
         if bounced is not None:
             recipients.set(key, encode(bounced))
-        else:
-            reassert(recipients, key, raw, current, seq)
+        elif reassert(recipients, key, raw, current, seq):
+            chunks.replayed.add(key)
     elif isinstance(command, DeleteRecipient):
         recipients.set(key, None)
         history.set(key, None)
@@ -133,12 +143,15 @@ def apply_command(chunks: Chunks, command: Command, seq: int) -> None:
         if command.ifExists and recipients.get(key) is None:
             return  # engagement of an erased (or never created) recipient: no history comes back
         raw = history.get(key)
-        history.set(key, encode_history(decode_history(raw) if raw is not None else [], command))
+        data = encode_history(decode_history(raw) if raw is not None else [], command)
+        history.set(key, data)
+        if data == raw:  # nothing new: replayed (the segment state is written again too)
+            chunks.replayed.add(key)
 
 
 def reassert(
     recipients: PartitionTransaction, key: bytes, raw: bytes | None, current: Recipient | None, seq: int
-) -> None:
+) -> bool:
     """A replayed command (at or before the row's `seq`) writes its row again, unchanged.
 
     The store writes RocksDB before the changelog (streamapp.kafka.store): a worker killed in
@@ -149,6 +162,8 @@ def reassert(
     """
     if raw is not None and current is not None and seq and current.seq >= seq:
         recipients.set(key, raw)
+        return True
+    return False
 
 
 def encode_row(updated: Recipient, current: Recipient | None, stored: int, command: UpsertRecipient) -> bytes:
@@ -297,4 +312,6 @@ def describe(command: Command) -> str:
         return f"{kind} {command.batchId}"
     if isinstance(command, SweepInactive):
         return f"{kind} of {command.database} before {command.before}"
+    if isinstance(command, SegmentTick):
+        return f"{kind} at {command.at}"
     return f"{kind} of {command.database}/{command.originalId[:MAX_LOGGED_ID]!r}"

@@ -143,6 +143,22 @@ class SegmentTracker:
         self._install({k: v for k, v in self._definitions.items() if k != name})
         self._counts.pop(name, None)
 
+    def redefine(self, definitions: Mapping[str, Node], changed: Iterable[str]) -> Build | None:
+        """Take a database's whole catalog at once: drop the segments it no longer has (no change
+        events, as `remove`), add or replace the rest, and rebuild `changed` (None when none)."""
+        wanted = dict(definitions)
+        for name in self._definitions.keys() - wanted.keys():
+            bit = self._bit(name)
+            for rid in [rid for rid, mask in self._masks.items() if mask & bit]:
+                self._set_mask(rid, self._masks[rid] & ~bit)
+            if self._run and name in self._run.names:
+                self._run.names -= {name}
+                self._run.bits &= ~bit
+            self._counts.pop(name, None)
+        self._install(wanted)
+        rebuild = [name for name in changed if name in wanted]
+        return self.start_build(rebuild) if rebuild else None
+
     def _install(self, definitions: dict[str, Node]) -> None:
         for node in definitions.values():
             missing = references(node) - definitions.keys()
@@ -227,11 +243,17 @@ class SegmentTracker:
         return changes
 
     def advance(
-        self, now: datetime, views: Callable[[str], RecipientView | None], *, limit: int | None = None
+        self,
+        now: datetime,
+        views: Callable[[str], RecipientView | None],
+        *,
+        limit: int | None = None,
+        late: Callable[[float], None] | None = None,
     ) -> list[MembershipChange]:
         """Re-evaluate every recipient due at or before `now` (at most `limit` of them; call again for more).
 
         `views(id)` gives the recipient's retained view; None means it is gone, and it is erased.
+        `late(seconds)` is told how long after its due time each one was re-evaluated.
         """
         moment = _utc(now)
         horizon = to_micros(moment)
@@ -242,6 +264,8 @@ class SegmentTracker:
             if self._due.get(rid) != due:
                 continue  # stale: the recipient was re-evaluated since
             done += 1
+            if late is not None:
+                late((horizon - due) / 1_000_000)
             view = views(rid)
             if view is None:
                 changes += self.erase(rid, now)
@@ -258,6 +282,14 @@ class SegmentTracker:
         """States changed since the last call, to store beside the rows (None: delete the state)."""
         dirty, self._dirty = self._dirty, {}
         return dirty
+
+    def state_of(self, recipient_id: str) -> SegmentState | None:
+        """The recipient's state as it would be stored now (None: in no segment, nothing due held)."""
+        mask = self._masks.get(recipient_id, 0)
+        due = self._due.get(recipient_id)
+        if not mask and due is None:
+            return None
+        return SegmentState(_mask_bytes(mask), self._table.version, due or 0)
 
     def restore(self, recipient_id: str, state: SegmentState) -> None:
         """Load a stored state after a restart (bits of removed segments, or older than their slot, are dropped)."""

@@ -30,10 +30,13 @@ from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.smtp import SmtpPool
 from streamapp.mail.templates import TemplateStore
 from streamapp.mail.unsubscribe import unsubscribe_keys
+from streamapp.sending.audience import Audiences, Members
+from streamapp.sending.cancel import BatchCancels
 from streamapp.sending.dispatcher import Dispatcher
 from streamapp.sending.ledger import Ledger, waiting_counts
 from streamapp.sending.pipeline import Job, Pipeline
 from streamapp.sending.schedule import Schedule
+from streamapp.sending.tracking import TrackingPolicy
 from streamapp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ class SendEngine(Service):  # type: ignore[misc]
         kafka: KafkaApp,
         stores: SendStores,
         publisher: CommandPublisher,
+        members: Members,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,6 +82,7 @@ class SendEngine(Service):  # type: ignore[misc]
         self.topics: dict[Priority, str] = {p: messages_topic(settings, p) for p in PRIORITIES}
         self.ledger = Ledger(stores.messages)
         self.schedule = Schedule()
+        self.cancels = BatchCancels(self.ledger, self._owns, self.add_future)
         self.pool = SmtpPool(
             smtp.host, smtp.port, smtp.connections, smtp.rate_per_second, smtp.username, smtp.password, smtp.starttls
         )
@@ -93,6 +98,12 @@ class SendEngine(Service):  # type: ignore[misc]
             publish=self._publish,
             secret=unsubscribe_keys(settings),
             schedule=self.schedule.add,
+            cancelled=self.cancels.cancelled,
+            tracking=TrackingPolicy.of(settings),
+        )
+        #: Audience sends; `members` tells a segment's members (the segment engine's, streamapp.runtime).
+        self.audiences = Audiences(
+            self.ledger, stores.recipients, members, self.cancels, self.schedule.add, unsubscribe_keys(settings).signing
         )
         self.dispatcher = Dispatcher(self._run, smtp.connections * SENDERS_PER_CONNECTION, QUEUE_HIGH)
         self.dispatcher.on_change = self._flow_if_changed
@@ -101,6 +112,7 @@ class SendEngine(Service):  # type: ignore[misc]
         self.offsets = OffsetTracker()
         self._last_wanted: set[Priority] = set()
         self._windowed_at = 0.0
+        self._audienced_at = 0.0
         self._wake = asyncio.Event()
 
     # -- from the agents -------------------------------------------------------
@@ -111,7 +123,25 @@ class SendEngine(Service):  # type: ignore[misc]
         skipped = self.offsets.seen(message.tp, message.offset)
         if skipped is not None:
             self._read_again(message.tp, *skipped)
-        self.dispatcher.submit(Job(command, message.partition, event))
+        self._accept(Job(command, message.partition, event))
+
+    def _accept(self, job: Job) -> None:
+        """An audience command is registered (then acked), any other message queued."""
+        if job.command.audience is None:
+            self.dispatcher.submit(job)
+            return
+
+        async def register() -> None:
+            try:
+                await self.audiences.register(job.partition, job.command)
+            except Exception as exc:
+                if not self._stopping() and job.partition in self._assigned_partitions():
+                    log.exception("cannot record audience send %s: stopping the worker", job.command.batchId)
+                    await self.kafka.crash(exc)
+                return
+            self._ack(job)
+
+        self.add_future(register())
 
     def _read_again(self, tp: Any, start: int, end: int) -> None:
         """Offsets [start, end) never reached the agent: read them ourselves (streamapp.kafka.gaps)."""
@@ -121,7 +151,7 @@ class SendEngine(Service):  # type: ignore[misc]
         async def refill() -> None:
             bootstrap, security = bootstrap_servers(self.settings), client_options(self.settings)
             for command in await read_range(bootstrap, tp.topic, tp.partition, start, end, security):
-                self.dispatcher.submit(Job(command, tp.partition))
+                self._accept(Job(command, tp.partition))
 
         self.add_future(refill())
 
@@ -188,6 +218,9 @@ class SendEngine(Service):  # type: ignore[misc]
 
     # -- timer: schedule, flow control -------------------------------------------
 
+    def _owns(self, partition: int) -> bool:
+        return not self._stopping() and partition in self._assigned_partitions()
+
     def _assigned_partitions(self) -> set[int]:
         return self.kafka.assigned(self.topics["transactional"])  # all priority topics are co-partitioned
 
@@ -213,9 +246,11 @@ class SendEngine(Service):  # type: ignore[misc]
             await self.ledger.prepare(partition)  # once per ledger older than its due index
             if partition in self._assigned_partitions():
                 self.schedule.take(partition)
+                self.cancels.resume(partition)
                 log.info("partition %d: %s messages waiting", partition, dict(self.ledger.waiting(partition)))
         self.owned = assigned
         self._window(bool(taken))
+        self._audiences(bool(taken))
         room = {p: max(0, QUEUE_HIGH - self.dispatcher.queued(p)) for p in PRIORITIES}
         for partition, message_id in self.schedule.due(room):
             state = self.ledger.get(partition, message_id) if partition in assigned else None
@@ -229,6 +264,15 @@ class SendEngine(Service):  # type: ignore[misc]
         self._windowed_at = time.monotonic()
         for partition in sorted(self.schedule.loaded):
             self.schedule.window(partition, self.ledger.due_entries)
+
+    def _audiences(self, now: bool) -> None:
+        """Every WINDOW_SECONDS (and at once for new partitions), start the audience sends whose time came."""
+        if not now and time.monotonic() - self._audienced_at < WINDOW_SECONDS:
+            return
+        self._audienced_at, moment = time.monotonic(), datetime.now(UTC)
+        for partition in sorted(self.owned):
+            for batch_id in self.audiences.take_due(partition, moment):
+                self.add_future(self.audiences.evaluate(partition, batch_id, self._owns))
 
     def _flow_if_changed(self) -> None:
         """Called on every queue change (cheap); wakes the ticker when the wanted pauses changed."""

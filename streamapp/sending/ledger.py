@@ -11,15 +11,19 @@ changelog record batch (streamapp.kafka.ordered), so they never disagree with th
 worker or on a replica restored from the changelog:
 
 - `~b<batchId>`: how many of the batch's messages in this partition have each status, so a batch's
-  status costs one read per partition, not a scan of its rows (`batch_counts`);
+  status costs one read per partition, not a scan of its rows (`batch_counts`), and how many were
+  opened, clicked, bounced, ... (`engaged`, SPEC §8);
+- `~c<database>/<campaign>`: the same for every message of a campaign in this partition, for its
+  report (`campaign_counts`); kept as long as the ledger (a few bytes per campaign);
 - `~d<due ms, 13 digits><messageId>`: the due-time index of the rows that may still be sent
   (scheduled, deferred), read in due order by the schedule a window at a time (`due_entries`);
 - `~w`: how many rows of each priority wait (the queue-depth gauge);
 - `~i`: the partition's bookkeeping is complete (written once, after `prepare` rebuilt it from the
   rows of a ledger older than the bookkeeping).
 
-A `put` derives the changes from the row it replaces (old status → new status), so a status
-written twice (a replayed event, a message released twice) counts once. Rows removed by retention
+A `put` derives the changes from the row it replaces (old status → new status, engagement marks the
+old row lacked), so a status or a mark written twice (a replayed event, a message released twice, a
+second open of the same message) counts once. Rows removed by retention
 are not uncounted: a batch's counts keep summing to its total for as long as the batch is kept.
 """
 
@@ -43,10 +47,13 @@ log = logging.getLogger(__name__)
 #: Every bookkeeping row's key starts with this (message ids start with a digit).
 BOOKKEEPING = b"~"
 COUNTS = b"~b"
+CAMPAIGNS = b"~c"
 DUE = b"~d"
 WAITING = b"~w"
 COMPLETE = b"~i"
 _DUE_DIGITS = 13
+#: Clicked URLs a row remembers (their digests); clicks on more links still record their history once each.
+MAX_CLICKS = 32
 
 
 class _Row(msgspec.Struct):
@@ -59,6 +66,8 @@ class _Row(msgspec.Struct):
     batchId: str | None = None
     #: Undecoded: only whether there is one matters (MessagePack nil, or absent, is none).
     command: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    name: str | None = None
+    engaged: list[str] = msgspec.field(default_factory=list)
 
     @property
     def has_command(self) -> bool:
@@ -71,11 +80,13 @@ class _StatusOnly(msgspec.Struct):
 
 
 class BatchCounts(msgspec.Struct, omit_defaults=True):
-    """A batch's messages in one partition, by status (the `~b` row), and when they last changed."""
+    """A batch's (`~b`) or a campaign's (`~c`) messages in one partition: by status, by engagement mark
+    (MessageState.engaged), and when they last changed."""
 
     database: str
     counts: dict[str, int] = msgspec.field(default_factory=dict)
     updatedAt: str = ""
+    engaged: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 _row = msgspec.msgpack.Decoder(_Row)
@@ -86,6 +97,17 @@ _waiting = msgspec.msgpack.Decoder(dict[str, int])
 
 def counts_key(batch_id: str) -> bytes:
     return COUNTS + batch_id.encode()
+
+
+def campaign_key(database: str, campaign: str) -> bytes:
+    return CAMPAIGNS + f"{database}/{campaign}".encode()
+
+
+def _campaign_of(row: _Row | MessageState, name: str | None = None) -> bytes | None:
+    """The `~c` row a message counts in: campaign messages that know their campaign (`name`: the row's own,
+    else the one its previous row knew, so a scrubbed row keeps counting where it did)."""
+    name = row.name or name
+    return campaign_key(row.database, name) if row.priority == "campaign" and name else None
 
 
 def due_key(due_ms: int, message_id: str) -> bytes:
@@ -129,13 +151,32 @@ class Ledger:
         rows.update(self._bookkeeping(partition, state.messageId, old, state))
         await self.writer.write(partition, rows)
 
+    async def engage(self, partition: int, message_id: str, mark: str, click: str | None = None) -> bool:
+        """Give the message's row engagement `mark` (and a clicked URL's digest); False when the row is absent
+        or has both already. Read and written without a pause, so two hits at once count once."""
+        state = self.get(partition, message_id)
+        if state is None:
+            return False
+        marks = state.engaged if mark in state.engaged else [*state.engaged, mark]
+        clicks = state.clicks
+        if click is not None and click not in clicks and len(clicks) < MAX_CLICKS:
+            clicks = [*clicks, click]
+        if marks is state.engaged and clicks is state.clicks:
+            return False
+        await self.put(partition, msgspec.structs.replace(state, engaged=marks, clicks=clicks))
+        return True
+
     def _bookkeeping(
         self, partition: int, message_id: str, old: _Row | None, new: MessageState
     ) -> dict[bytes, bytes | None]:
         """The bookkeeping rows that change when `old` (None: no row yet) becomes `new`."""
         rows: dict[bytes, bytes | None] = {}
-        if new.batchId and (old is None or old.status != new.status):
-            rows.update(self._count(partition, new.batchId, new.database, old.status if old else None, new.status))
+        was = old.status if old else None
+        marks = [mark for mark in new.engaged if old is None or mark not in old.engaged]
+        if was != new.status or marks:
+            tallied = [counts_key(new.batchId) if new.batchId else None, _campaign_of(new, old.name if old else None)]
+            for key in filter(None, tallied):
+                rows[key] = self._count(partition, key, new.database, was, new.status, marks)
         before, after = (_index_key(old, message_id) if old else None), _index_key(new, message_id)
         if before != after:
             if before is not None:
@@ -147,16 +188,19 @@ class Ledger:
             )
         return rows
 
-    def _count(self, partition: int, batch_id: str, database: str, old: str | None, new: str) -> dict[bytes, bytes]:
-        key = counts_key(batch_id)
+    def _count(self, partition: int, key: bytes, database: str, old: str | None, new: str, marks: list[str]) -> bytes:
+        """The counters row `key` after a message went from status `old` to `new` and got `marks`."""
         raw = self.store.get(partition, key)
         row = _batch_counts.decode(raw) if raw is not None else BatchCounts(database)
-        if old is not None and row.counts.get(old, 0) > 0:
-            row.counts[old] -= 1
-        row.counts[new] = row.counts.get(new, 0) + 1
-        row.counts = {status: n for status, n in row.counts.items() if n}
+        if old != new:
+            if old is not None and row.counts.get(old, 0) > 0:
+                row.counts[old] -= 1
+            row.counts[new] = row.counts.get(new, 0) + 1
+            row.counts = {status: n for status, n in row.counts.items() if n}
+        for mark in marks:
+            row.engaged[mark] = row.engaged.get(mark, 0) + 1
         row.updatedAt = clock.now_iso()
-        return {key: encode(row)}
+        return encode(row)
 
     def _wait(self, partition: int, leaves: str | None, joins: str | None) -> dict[bytes, bytes]:
         """The waiting counts when a row stops (`leaves`) or starts (`joins`) waiting, by priority."""
@@ -177,6 +221,19 @@ class Ledger:
             return Counter()
         row = _batch_counts.decode(raw)
         return Counter(row.counts) if database(row.database) else Counter()
+
+    def engaged_batch(self, partition: int, batch_id: str, database: Callable[[str], bool]) -> Counter[str]:
+        """Messages of a batch in this partition with each engagement mark (opened, clicked, ...): one read."""
+        raw = self.store.get(partition, counts_key(batch_id))
+        if raw is None:
+            return Counter()
+        row = _batch_counts.decode(raw)
+        return Counter(row.engaged) if database(row.database) else Counter()
+
+    def campaign_counts(self, partition: int, database: str, campaign: str) -> BatchCounts | None:
+        """A campaign's messages in this partition, by status and by engagement mark (its `~c` row)."""
+        raw = self.store.get(partition, campaign_key(database, campaign))
+        return _batch_counts.decode(raw) if raw is not None else None
 
     def scan_batch(self, partition: int, batch_id: str, database: Callable[[str], bool]) -> Counter[str]:
         """The same counted from the batch's rows (one key range): the reference `count_batch` keeps to."""
@@ -238,15 +295,17 @@ class Ledger:
 
 def _rebuilt(rows: Iterable[tuple[str, _Row]]) -> tuple[dict[bytes, bytes | None], int]:
     """Every bookkeeping row, computed from the ledger rows."""
-    counts: dict[str, BatchCounts] = {}
+    counts: dict[bytes, BatchCounts] = {}
     waiting: Counter[str] = Counter()
     out: dict[bytes, bytes | None] = {}
     read = 0
     for message_id, row in rows:
         read += 1
-        if row.batchId:
-            entry = counts.setdefault(row.batchId, BatchCounts(row.database))
+        for key in filter(None, (counts_key(row.batchId) if row.batchId else None, _campaign_of(row))):
+            entry = counts.setdefault(key, BatchCounts(row.database))
             entry.counts[row.status] = entry.counts.get(row.status, 0) + 1
+            for mark in row.engaged:
+                entry.engaged[mark] = entry.engaged.get(mark, 0) + 1
         index = _index_key(row, message_id)
         if index is not None:
             out[index] = row.priority.encode()
@@ -254,7 +313,7 @@ def _rebuilt(rows: Iterable[tuple[str, _Row]]) -> tuple[dict[bytes, bytes | None
     now = clock.now_iso()
     for entry in counts.values():
         entry.updatedAt = now
-    out.update({counts_key(batch): encode(entry) for batch, entry in counts.items()})
+    out.update({key: encode(entry) for key, entry in counts.items()})
     out[WAITING] = encode(dict(waiting))
     return out, read
 

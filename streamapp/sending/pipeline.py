@@ -40,13 +40,16 @@ from streamapp.core.models import (
 )
 from streamapp.core.rules import SOFT_BOUNCE_LIMIT
 from streamapp.kafka.store import Store
+from streamapp.mail import links
 from streamapp.mail.mime import MimeBuilder, MimeError
 from streamapp.mail.smtp import SmtpOutcome
 from streamapp.mail.templates import RenderError, TemplateStore
+from streamapp.mail.tracking import TrackedMessage
 from streamapp.mail.unsubscribe import make_token
 from streamapp.sending import retry
 from streamapp.sending.engagement import Ackable, EngagementPublisher
 from streamapp.sending.ledger import Ledger
+from streamapp.sending.tracking import TrackingPolicy
 from streamapp.settings import KeyRing, SmtpSettings
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,8 @@ class Pipeline:
         publish: Publish,
         secret: KeyRing,
         schedule: Callable[[MessageState, int], None],
+        cancelled: Callable[[int, str | None], bool] = lambda partition, batch_id: False,
+        tracking: TrackingPolicy | None = None,
     ) -> None:
         self.smtp = smtp
         self.public_url = public_url
@@ -116,6 +121,10 @@ class Pipeline:
         self.engagement = EngagementPublisher(publish)
         self.secret = secret
         self.schedule = schedule
+        #: Whether the batch was cancelled in this partition (streamapp.sending.cancel): asked before a message is
+        #: recorded and again right before SMTP.
+        self.cancelled = cancelled
+        self.tracking = tracking or TrackingPolicy.off()
 
     async def run(self, job: Job) -> None:
         """Process and record one message; the caller acks the job's event afterwards, unless the pipeline
@@ -127,6 +136,9 @@ class Pipeline:
                 job.event = None
             return  # done before, or scheduled/deferred and owned by the schedule
         now = datetime.now(UTC)
+        if self.cancelled(job.partition, job.command.batchId):
+            await self._record(job, previous, Outcome("failed", "cancelled"), now)
+            return
         if job.command.notBefore and clock.parse_time(job.command.notBefore) > now:
             await self._record(job, previous, Outcome("scheduled"), now)
             return
@@ -176,6 +188,8 @@ class Pipeline:
             data = self._build(command, recipient, address, job.partition, key)
         except (RenderError, MimeError, KeyError) as exc:
             return Outcome("failed", str(exc).strip("'\"")), recipient
+        if self.cancelled(job.partition, command.batchId):  # cancelled while it waited for its recipient
+            return Outcome("failed", "cancelled"), recipient
         reply = await self.send(self.smtp.sender, address, data)
         metrics.SMTP_REPLIES.labels(reply.reply_class).inc()
         return Outcome(reply.kind, reply.text if reply.kind != "sent" else None, reply), recipient
@@ -200,9 +214,18 @@ class Pipeline:
             to=address,
             subject=rendered.subject,
             text=rendered.text,
-            html=rendered.html,
+            html=self._tracked(command, rendered.html),
             unsubscribe_url=f"{self.public_url}/u/{token}",
         )
+
+    def _tracked(self, command: SendMessage, html: str) -> str:
+        """`html` with its links through the click redirect and the open pixel, as the message tracks them."""
+        opens, clicks = self.tracking.for_message(command)
+        if not (opens or clicks):
+            return html
+        message = TrackedMessage(command.database, command.originalId, command.messageId, command.name or "")
+        return links.tracked(html, base=self.public_url, key=self.secret.signing, message=message, opens=opens,
+                             clicks=clicks, issued=time.time())  # fmt: skip
 
     async def _record(self, job: Job, previous: MessageState | None, outcome: Outcome, now: datetime) -> MessageState:
         state = next_state(self.smtp, job.command, previous, outcome, now)
@@ -313,4 +336,6 @@ def next_state(
         batchId=command.batchId,
         lateSince=late_since,
         command=command if status in WAITING_STATUSES else None,
+        name=command.name,
+        engaged=["bounced"] if status == "failed" and reply is not None and reply.recipient_fault else [],
     )

@@ -58,13 +58,18 @@ class Schedule:
         return len(self._due)
 
     def add(self, state: MessageState, partition: int) -> None:
-        """A row that waits was written: in memory if its index entry is before the partition's cursor."""
+        """A row that waits was written: in memory if its index entry is before the partition's cursor and
+        memory has room; with memory full, the cursor moves back to it, so a later window reads it (an
+        audience send writes its members' rows faster than they are sent)."""
         due = clock.parse_time(state.nextAttemptAt).timestamp() if state.nextAttemptAt else 0.0
-        cursor = self.cursors.get(partition)
-        if cursor is not None and due_key(int(due * 1000), state.messageId) < cursor:
+        cursor, key = self.cursors.get(partition), due_key(int(due * 1000), state.messageId)
+        before = cursor is not None and key < cursor
+        if before and (len(self._due) < self.max_in_memory or state.messageId in self._due):
             self._push(due, partition, state.priority, state.messageId)
-        else:
-            self._due.pop(state.messageId, None)  # an older entry in memory is superseded
+            return
+        self._due.pop(state.messageId, None)  # an older entry in memory is superseded
+        if before:
+            self.cursors[partition] = key
 
     def take(self, partition: int) -> None:
         """Start a newly assigned partition: nothing of its index is in memory yet."""

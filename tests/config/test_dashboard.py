@@ -13,12 +13,14 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from streamapp.core import clock
 from tests.config.test_prometheus_rules import RULES, prometheus_tools  # noqa: F401
 from tests.fixtures import ROOT, Worker, WorkerPool, client, eventually, free_port, metric_value
 from tests.imports.fixtures import drop, wait_report
@@ -72,7 +74,11 @@ class Prometheus:
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        eventually(self.ready, timeout=60)
+        try:
+            eventually(self.ready, timeout=60)
+        except BaseException:
+            self.stop()
+            raise
 
     def ready(self) -> bool:
         try:
@@ -89,8 +95,18 @@ class Prometheus:
         self.process.wait(timeout=30)
 
 
+#: A segment whose members leave on their own 5 s after a visit: members, changes and a timer flip to watch.
+SEGMENT = """
+[[segments]]
+name = "visited"
+database = "members"
+definition = { history = "visit", within = "PT5S" }
+"""
+
+
 def load(worker: Worker, maildir: Path) -> None:
-    """What an ops team would watch: an import, API writes and reads, a campaign, a transactional message."""
+    """What an ops team would watch: an import, API writes and reads, a campaign, a transactional message,
+    segment members entering and leaving by themselves."""
     drop(worker, "members/crm", "dash.csv", b"CustomerNo;Email\nD1;d1@example.com\nD2;bad\n")
     wait_report(worker, "dash.csv")
     with client(worker) as api:
@@ -105,6 +121,16 @@ def load(worker: Worker, maildir: Path) -> None:
         message = api.post("/api/v1/triggers/news/messages", json={"originalId": "T1", "email": "t1@example.com"})
         assert message.status_code == 202, message.text
     eventually(lambda: len(maildir_ids(maildir)) >= 51, timeout=120, interval=0.5)
+    with client(worker) as api:  # visitors enter the segment, and leave it 5 s later with no new event
+        visits = [{"originalId": f"R{i}", "type": "visit", "time": clock.iso(datetime.now(UTC))} for i in range(5)]
+        assert api.post("/api/v1/databases/members/history", json=visits).status_code == 202
+
+        def members() -> int | None:
+            count: int | None = api.get("/api/v1/databases/members/segments/visited").json()["count"]
+            return count
+
+        eventually(lambda: members() == 5, timeout=5, interval=0.2)
+        eventually(lambda: members() == 0, timeout=30, interval=0.5)
 
 
 def worker_503s(worker: Worker) -> float:
@@ -122,7 +148,7 @@ def test_every_panel_has_data_every_rule_evaluates_and_the_scrape_lints_clean(
     pool = WorkerPool(kafka, tmp_path)
     prometheus = None
     try:
-        worker = pool.create(extra=smtp_extra(sink.port) + IMPORT)
+        worker = pool.create(extra=smtp_extra(sink.port) + IMPORT + SEGMENT)
         target = worker.url.removeprefix("http://")
         prometheus = Prometheus(prometheus_tools / "prometheus", tmp_path, [target])
         assert worker_503s(worker) > 0, "no /healthz 503 before ready: the exclusion is not tested"

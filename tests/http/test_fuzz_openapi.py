@@ -32,7 +32,13 @@ from schemathesis.config import CacheConfig
 from schemathesis.engine import Status, events
 
 from streamapp.http.errors import UNAVAILABLE
-from streamapp.http.route_specs import recipient_routes, send_routes, service_routes, unsubscribe_routes
+from streamapp.http.route_specs import (
+    recipient_routes,
+    segment_routes,
+    send_routes,
+    service_routes,
+    unsubscribe_routes,
+)
 from streamapp.http.server import build_web_app, owner_router
 from streamapp.settings import load_settings
 from streamapp.worker import assemble
@@ -46,7 +52,10 @@ EXAMPLES = 25
 MANY_EXAMPLES = 250
 #: A fixed seed keeps `make test` repeatable; STREAMAPP_FUZZ_SEED explores others.
 SEED = int(os.environ.get("STREAMAPP_FUZZ_SEED", "20261201"))
-OPERATIONS = [r.operation_id for r in service_routes() + recipient_routes() + send_routes() + unsubscribe_routes()]
+OPERATIONS = [
+    r.operation_id
+    for r in service_routes() + recipient_routes() + segment_routes() + send_routes() + unsubscribe_routes()
+]
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",

@@ -3,7 +3,8 @@
 - `POST /api/v1/triggers/{trigger}/messages`: one transactional message (streamapp.sending.single),
   idempotent with a key (streamapp.sending.idempotency);
 - `POST /api/v1/triggers/{trigger}/batches`: batch transactional, at `batch` priority;
-- `POST /api/v1/campaigns/{campaign}/sends?sendTime=`: a campaign to the body's rows.
+- `POST /api/v1/campaigns/{campaign}/sends?sendTime=`: a campaign to the body's rows, or, with a JSON
+  object body, to a segment's active members at `sendTime` (an audience send, streamapp.sending.audience).
 
 Batch bodies (CSV, NDJSON, a JSON array) are spooled to `<data_dir>/spool/` as they arrive, then
 read in chunks (streamapp.sending.batch_rows): a 100 MB body is never held in memory. The
@@ -15,26 +16,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
 
 from streamapp import metrics
 from streamapp.core import clock
-from streamapp.core.ids import idempotent_message_id
+from streamapp.core.ids import batch_partition, idempotent_message_id, new_batch_id
 from streamapp.core.models import BatchInfo, IdempotencyRecord, RowError, SendMessage, UpsertRecipient
-from streamapp.core.validation import FieldError, parse_datetime, send_time_problem
+from streamapp.core.validation import FieldError, check_declared_properties, parse_datetime, send_time_problem
 from streamapp.http.auth import Authenticator, require_database
 from streamapp.http.bodies import NDJSON_TYPES, SPOOL_QUOTA_BODIES, Spool, parse_json, read_limited
 from streamapp.http.errors import ApiError, json_response, not_found, unprocessable
 from streamapp.http.forwarding import OWNER_PATIENCE, OwnerRouter
-from streamapp.http.schemas import TriggerMessage
+from streamapp.http.schemas import AudienceSend, TriggerMessage
 from streamapp.http.validate import Check, validate
 from streamapp.kafka.publisher import ACK_DEADLINE, acknowledged_within, faust_send
+from streamapp.kafka.topics import messages_topic
 from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.runtime import Sending, StreamApp
+from streamapp.sending.audience import audience_command, publish_audience
 from streamapp.sending.batch_rows import Format, first_recipient_write, read_rows
 from streamapp.sending.batches import BatchInterrupted, BatchSender, NothingAccepted, SendTarget, send_rows
 from streamapp.sending.enqueue import publish_messages
@@ -75,6 +80,7 @@ class TriggerRoutes:
         self.auth = auth
         self.owners = owners
         self.keys = IdempotencyKeys(sending.idempotency, sa.settings.service.partitions)
+        self.engine = sending.engine
         self.id_key = unsubscribe_keys(sa.settings).signing  # tags message ids (streamapp.core.ids)
         self.checks = checks
         service = sa.settings.service
@@ -182,6 +188,55 @@ class TriggerRoutes:
         token, campaign = self._configured(request, "campaign", self.settings.campaigns)
         return await self._batch(request, token, SendTarget.campaign(campaign), send_time=self._send_time(request))
 
+    async def _audience(
+        self, request: web.Request, target: SendTarget, path: Path, query_time: str | None
+    ) -> web.Response:
+        """A JSON object body: the campaign to a segment (422 naming each bad field, 404 for an unknown segment),
+        answered once Kafka has the audience command of every partition and the BatchInfo."""
+        data = await asyncio.to_thread(_head, path, self.settings.service.max_body_bytes + 1)
+        if len(data) > self.settings.service.max_body_bytes:
+            raise ApiError(413, f"an audience send body is at most {self.settings.service.max_body_bytes} bytes")
+        body = parse_json(data)
+        checked = validate(body, AudienceSend, checks=self.checks[target.database])
+        if checked.value is None:
+            raise unprocessable(checked.errors)
+        send = checked.value
+        zone = self.settings.service.zone
+        properties, errors = check_declared_properties(target.properties, send.properties, "/properties", zone,
+                                                       owner=f"campaign {target.name!r}")  # fmt: skip
+        errors += self._body_time_errors(request, send.sendTime)
+        if errors:
+            raise unprocessable(errors)
+        if not self.engine.audiences.members.exists(target.database, send.segment):
+            raise not_found(f"segment {send.segment!r} of database {target.database!r}")
+        info = self._audience_info(target, send.segment, send.sendTime or query_time)
+        topic = messages_topic(self.settings, target.priority)
+        async with acknowledged_within(ACK_DEADLINE):
+            command = audience_command(info, target.template, properties)
+            await publish_audience(faust_send(self.sa.faust), topic, self.settings.service.partitions, command)
+            await self.sa.publisher.publish_to(info, int(batch_partition(info.batchId) or 0))
+        record_batch_metrics(info)
+        return json_response(batch_answer(info), status=202)
+
+    @staticmethod
+    def _body_time_errors(request: web.Request, send_time: str | None) -> list[FieldError]:
+        """`sendTime` in the body and the query is one too many; one over a year ahead is refused."""
+        if send_time is None:
+            return []
+        if "sendTime" in request.query:
+            return [FieldError("/sendTime", "give sendTime in the query or in the body, not both")]
+        problem = send_time_problem(clock.parse_time(send_time), datetime.now(UTC))
+        return [FieldError("/sendTime", problem)] if problem else []
+
+    def _audience_info(self, target: SendTarget, segment: str, send_time: str | None) -> BatchInfo:
+        """The BatchInfo of an audience send: its segment, no total yet, a send time only if ahead."""
+        future = send_time if send_time and clock.parse_time(send_time) > datetime.now(UTC) else None
+        batch_id = new_batch_id(random.randrange(self.settings.service.partitions))
+        return BatchInfo(
+            batchId=batch_id, database=target.database, kind="campaign", name=target.name, priority=target.priority,
+            source="api", total=0, sendTime=future, createdAt=clock.now_iso(), segment=segment,
+        )  # fmt: skip
+
     def _send_time(self, request: web.Request) -> str | None:
         """`?sendTime=` as UTC ISO; absent or past means now (None)."""
         raw = request.query.get("sendTime")
@@ -200,6 +255,8 @@ class TriggerRoutes:
         db, zone = self.settings.databases[target.database], self.settings.service.zone
         fmt = body_format(request.content_type)
         async with self.spool.body(request, self.settings.service.max_batch_bytes) as path:
+            if target.kind == "campaign" and fmt == "json" and await asyncio.to_thread(_is_object, path):
+                return await self._audience(request, target, path, send_time)
             if not token.allows("recipients:write"):
                 rows = read_rows(path, fmt, db, zone, clock.now_iso(), rules=target.rules)
                 if (place := await asyncio.to_thread(first_recipient_write, rows)) is not None:
@@ -219,6 +276,17 @@ class TriggerRoutes:
         return json_response(batch_answer(info), status=202)
 
 
+def _head(path: Path, size: int) -> bytes:
+    with path.open("rb") as f:
+        return f.read(size)
+
+
+def _is_object(path: Path) -> bool:
+    """Whether a JSON body is an object (an audience send), not an array of rows."""
+    with path.open("rb") as f:
+        return f.read(4096).lstrip().startswith(b"{")
+
+
 def _where(place: RowError) -> str:
     return f"line {place.line}" if place.line is not None else f"item {place.item}"
 
@@ -226,7 +294,7 @@ def _where(place: RowError) -> str:
 def batch_answer(info: BatchInfo) -> dict[str, object]:
     return {
         "batchId": info.batchId,
-        "accepted": info.total,
+        "accepted": None if info.segment else info.total,
         "rejected": info.rejected,
         "errors": info.public().get("errors", [])[:ERRORS_IN_ANSWER],
         "ignoredColumns": info.ignoredColumns,

@@ -9,6 +9,10 @@ by the owner of the recipient's partition only to a recipient that exists there 
 in an old mail never brings back an erased recipient. The answer is the same either way: the page
 tells no one whether the recipient exists. The GET page changes nothing (link scanners prefetch
 GETs); its button POSTs to the same URL.
+
+With `owners` and the engine's `ledger`, the POST is served by the worker owning the message's
+ledger partition, which also marks the message `unsubscribed` there (its batch and campaign counts,
+streamapp.sending.ledger); with no owner reachable, any worker publishes the unsubscribe alone.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from aiohttp import web
 
 from streamapp.core import clock
 from streamapp.core.engagement import engagement
+from streamapp.core.ids import partition_of
 from streamapp.core.models import RecipientCommand, UpsertRecipient
+from streamapp.http.forwarding import OwnerRouter
 from streamapp.mail.unsubscribe import UnsubscribeTarget, read_token
+from streamapp.sending.ledger import Ledger
 from streamapp.settings import KeyRing
+from streamapp.tables.messages import MESSAGES
 
 Publish = Callable[[list[RecipientCommand]], Awaitable[None]]
 
@@ -42,9 +50,13 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
 
 
 class UnsubscribeRoutes:
-    def __init__(self, publish: Publish, secret: KeyRing) -> None:
+    def __init__(
+        self, publish: Publish, secret: KeyRing, owners: OwnerRouter | None = None, ledger: Ledger | None = None
+    ) -> None:
         self.publish = publish
         self.secret = secret
+        self.owners = owners
+        self.ledger = ledger
 
     def _target(self, request: web.Request) -> UnsubscribeTarget:
         target = read_token(self.secret, request.match_info["token"])
@@ -64,6 +76,21 @@ class UnsubscribeRoutes:
 
     async def unsubscribe(self, request: web.Request) -> web.Response:
         target = self._target(request)
+        partition = partition_of(target.message_id)
+        if self.owners is None or self.ledger is None or partition is None:
+            return await self._unsubscribe(target)
+        ledger = self.ledger
+
+        async def here() -> web.Response:
+            answer = await self._unsubscribe(target)
+            await ledger.engage(partition, target.message_id, "unsubscribed")
+            return answer
+
+        return await self.owners.serve(
+            request, MESSAGES, partition, here, without_owner=lambda: self._unsubscribe(target)
+        )
+
+    async def _unsubscribe(self, target: UnsubscribeTarget) -> web.Response:
         at = clock.now_iso()
         command = UpsertRecipient(
             database=target.database,
