@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -64,6 +65,21 @@ class OwnerRouter:
             return self.ownership.owner_of(table, partition)
         except OwnerUnknown as exc:
             raise unavailable(str(exc)) from None
+
+    def split(self, table: str) -> tuple[list[int], dict[URL, list[int]]]:
+        """Every partition of `table`: this worker's, and the others' by owner (a scatter over the owners)."""
+        local: list[int] = []
+        remote: dict[URL, list[int]] = defaultdict(list)
+        for partition in range(self.partitions):
+            owner = self.owner_of_partition(table, partition)
+            (local if owner is None else remote[owner]).append(partition)
+        return local, remote
+
+    def require_owned(self, table: str, partitions: list[int], what: str = "moved") -> None:
+        """503 unless this worker owns each of `partitions` of `table` (a forwarded part of a scatter)."""
+        for partition in partitions:
+            if self.owner_of_partition(table, partition) is not None:
+                raise unavailable(f"partition {partition} {what}")
 
     async def serve(
         self,

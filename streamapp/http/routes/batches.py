@@ -94,9 +94,8 @@ class BatchRoutes:
         (a token limited to other databases asking with `?partitions=` directly learns nothing)."""
         counts: Counter[str] = Counter()
         engaged: Counter[str] = Counter()
+        self.owners.require_owned(MESSAGES, partitions)
         for partition in partitions:
-            if self.owners.owner_of_partition(MESSAGES, partition) is not None:
-                raise unavailable(f"partition {partition} moved")
             counts.update(self.ledger.count_batch(partition, batch_id, allowed))
             engaged.update(self.ledger.engaged_batch(partition, batch_id, allowed))
         return dict(counts), dict(engaged)
@@ -104,14 +103,7 @@ class BatchRoutes:
     async def _counts(
         self, request: web.Request, batch_id: str, allowed: Callable[[str], bool]
     ) -> tuple[Counter[str], Counter[str]]:
-        remote: dict[URL, list[int]] = defaultdict(list)
-        local: list[int] = []
-        for partition in range(self.partitions):
-            owner = self.owners.owner_of_partition(MESSAGES, partition)
-            if owner is None:
-                local.append(partition)
-            else:
-                remote[owner].append(partition)
+        local, remote = self.owners.split(MESSAGES)
         mine, marks = self._local_counts(batch_id, local, allowed)
         counts, engaged = Counter(mine), Counter(marks)
         answers = await asyncio.gather(*(self._ask(request, url, batch_id, ps) for url, ps in remote.items()))
@@ -207,13 +199,10 @@ class CancelRoutes:
 
     async def _cancel_here(self, batch_id: str, partitions: list[int]) -> None:
         """Write the marker in partitions this worker owns; 503 for one that is not (or no longer) its own."""
-        for partition in partitions:
-            if self.owners.owner_of_partition(MESSAGES, partition) is not None:
-                raise unavailable(f"partition {partition} moved")
+        self.owners.require_owned(MESSAGES, partitions)
         await asyncio.gather(*(self.cancels.cancel(p, batch_id) for p in partitions))
-        for partition in partitions:  # moved while written: the new owner may not have read the marker
-            if self.owners.owner_of_partition(MESSAGES, partition) is not None:
-                raise unavailable(f"partition {partition} moved while the batch was cancelled")
+        # moved while written: the new owner may not have read the marker
+        self.owners.require_owned(MESSAGES, partitions, "moved while the batch was cancelled")
 
     async def _cancel_everywhere(self, request: web.Request, batch_id: str) -> None:
         """Every partition, each by its owner; those not reached are tried again until OWNER_PATIENCE."""
@@ -293,19 +282,14 @@ class AudienceProgress:
     def local(self, batch_id: str, partitions: list[int]) -> dict[str, int]:
         """Of this worker's partitions: how many evaluated the audience, and the rows they wrote."""
         done = rows = 0
+        self.owners.require_owned(MESSAGES, partitions)
         for partition in partitions:
-            if self.owners.owner_of_partition(MESSAGES, partition) is not None:
-                raise unavailable(f"partition {partition} moved")
             finished, written = progress(self.messages, partition, batch_id)
             done, rows = done + finished, rows + written
         return {"done": done, "rows": rows}
 
     async def _evaluated(self, request: web.Request, batch_id: str) -> tuple[int, int]:
-        remote: dict[URL, list[int]] = defaultdict(list)
-        local: list[int] = []
-        for partition in range(self.partitions):
-            owner = self.owners.owner_of_partition(MESSAGES, partition)
-            (local if owner is None else remote[owner]).append(partition)
+        local, remote = self.owners.split(MESSAGES)
         answers = [self.local(batch_id, local)]
         answers += await asyncio.gather(*(self._ask(request, url, batch_id, ps) for url, ps in remote.items()))
         return sum(a["done"] for a in answers), sum(a["rows"] for a in answers)

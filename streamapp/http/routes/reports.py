@@ -14,7 +14,7 @@ the owners of the others with `?partitions=` (same token), as the batch status d
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -58,9 +58,8 @@ class ReportRoutes:
     def _local(self, database: str, name: str, partitions: list[int]) -> Tally:
         counts: Counter[str] = Counter()
         engaged: Counter[str] = Counter()
+        self.owners.require_owned(MESSAGES, partitions)
         for partition in partitions:
-            if self.owners.owner_of_partition(MESSAGES, partition) is not None:
-                raise unavailable(f"partition {partition} moved")
             row = self.ledger.campaign_counts(partition, database, name)
             if row is not None:
                 counts.update(row.counts)
@@ -68,14 +67,7 @@ class ReportRoutes:
         return counts, engaged
 
     async def _tally(self, request: web.Request, database: str, name: str) -> Tally:
-        remote: dict[URL, list[int]] = defaultdict(list)
-        local: list[int] = []
-        for partition in range(self.partitions):
-            owner = self.owners.owner_of_partition(MESSAGES, partition)
-            if owner is None:
-                local.append(partition)
-            else:
-                remote[owner].append(partition)
+        local, remote = self.owners.split(MESSAGES)
         counts, engaged = self._local(database, name, local)
         answers = await asyncio.gather(*(self._ask(request, url, name, ps) for url, ps in remote.items()))
         for answer in answers:

@@ -22,7 +22,6 @@ import binascii
 import contextlib
 import re
 from bisect import bisect_right
-from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -121,9 +120,8 @@ class SegmentRoutes:
         """Members per segment in these partitions of this worker; None where one is still building."""
         names = [entry.name for entry in self.catalog.segments(database)]
         counts: Counts = dict.fromkeys(names, 0)
+        self.owners.require_owned(SEGMENTS, partitions)
         for partition in partitions:
-            if self.owners.owner_of_partition(SEGMENTS, partition) is not None:
-                raise unavailable(f"partition {partition} moved")
             part = self.engine.loaded(partition)
             for name in names:
                 count = part.count(database, name) if part is not None else None
@@ -145,15 +143,7 @@ class SegmentRoutes:
 
     def _split(self) -> tuple[list[int], dict[URL, list[int]]]:
         """This worker's partitions, and the others' by owner."""
-        local: list[int] = []
-        remote: dict[URL, list[int]] = defaultdict(list)
-        for partition in range(self.partitions):
-            owner = self.owners.owner_of_partition(SEGMENTS, partition)
-            if owner is None:
-                local.append(partition)
-            else:
-                remote[owner].append(partition)
-        return local, remote
+        return self.owners.split(SEGMENTS)
 
     async def _ask(
         self, request: web.Request, method: str, owner: URL, path: str, partitions: list[int], body: bytes = b""
@@ -272,8 +262,7 @@ class SegmentRoutes:
         count, sample = 0, list[str]()
         tz = self.sa.settings.service.zone
         for partition in partitions:
-            if self.owners.owner_of_partition(SEGMENTS, partition) is not None:
-                raise unavailable(f"partition {partition} moved")
+            self.owners.require_owned(SEGMENTS, [partition])  # checked before each: the loop awaits
             found, some = await preview_partition(
                 partition, database, node, self.sa.recipients, self.sa.history, self.engine.loaded(partition), now, tz
             )
