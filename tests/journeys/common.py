@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import tests.segments.test_evaluate as segment_views
 from streamapp.journeys.definition import JourneyCatalog, parse_journey
 from streamapp.journeys.engine import CompiledJourney, Recipient, Versions, compile_journey
 from streamapp.journeys.nodes import Journey
 from streamapp.settings import DEFAULT_HISTORY_TYPES, DatabaseSettings
+from tests.segments.test_evaluate import View as View  # the segment tests' recipient view, re-exported
 
 TZ = ZoneInfo("Europe/Stockholm")
 #: A Friday, 13:00 in Stockholm.
@@ -97,27 +99,10 @@ def compiled(
 
 
 @dataclass
-class Record:
+class Record(segment_views.Record):
+    """A history record as the segment tests make it, dated by default."""
+
     time: str = "2026-11-27T12:00:00+00:00"
-    sku: str | None = None
-    price: float | None = None
-    quantity: float | None = None
-    total: float | None = None
-    fields: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class View:
-    attributes: dict[str, Any] = field(default_factory=dict)
-    email: str | None = "ann@example.com"
-    status: str = "active"
-    createdAt: str = "2026-01-01T00:00:00+00:00"
-    updatedAt: str = "2026-11-01T00:00:00+00:00"
-    records: dict[str, list[Record]] = field(default_factory=dict)
-    segments: set[str] = field(default_factory=set)
-
-    def history(self, type: str) -> Sequence[Record]:
-        return sorted(self.records.get(type, []), key=lambda r: r.time, reverse=True)
 
     def member_of(self, segment: str) -> bool:
         return segment in self.segments
