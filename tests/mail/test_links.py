@@ -18,7 +18,9 @@ def marked(url: str) -> str:
     return f"T<{url}>"
 
 
-class _Hrefs(HTMLParser):
+class Hrefs(HTMLParser):
+    """The `<a href>` values and `<img src>` values of a document, in order."""
+
     def __init__(self) -> None:
         super().__init__()
         self.hrefs: list[str] = []
@@ -32,8 +34,8 @@ class _Hrefs(HTMLParser):
             self.images.append(values.get("src") or "")
 
 
-def parsed(document: str) -> _Hrefs:
-    parser = _Hrefs()
+def parsed(document: str) -> Hrefs:
+    parser = Hrefs()
     parser.feed(document)
     parser.close()
     return parser

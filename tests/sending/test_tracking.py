@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 
 from tests.fixtures import Worker, WorkerPool, client, eventually, get_when, metric_value
 from tests.mail.fixtures import Peers
+from tests.mail.test_links import Hrefs, parsed
 from tests.sending.fixtures import add_recipients, html_of, maildir_messages, smtp_extra, write_templates
 
 pytestmark = pytest.mark.integration
@@ -88,33 +88,12 @@ def setup(kafka: str, tmp_path_factory: pytest.TempPathFactory, peers_module: Pe
         pool.stop_all()
 
 
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-        self.images: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        if tag == "a":
-            self.hrefs.append(values.get("href") or "")
-        elif tag == "img":
-            self.images.append(values.get("src") or "")
-
-
-def links(html: str) -> _Links:
-    parser = _Links()
-    parser.feed(html)
-    parser.close()
-    return parser
-
-
-def received(maildir: Path, original_id: str, count: int = 1) -> list[_Links]:
+def received(maildir: Path, original_id: str, count: int = 1) -> list[Hrefs]:
     """The links of the mail the sink received for the recipient, once it has `count`."""
 
-    def found() -> list[_Links] | None:
+    def found() -> list[Hrefs] | None:
         mails = [m for m in maildir_messages(maildir) if m["To"] == f"{original_id}@example.com"]
-        return [links(html_of(m)) for m in mails] if len(mails) >= count else None
+        return [parsed(html_of(m)) for m in mails] if len(mails) >= count else None
 
     return eventually(found, timeout=60)  # type: ignore[no-any-return]
 
