@@ -8,12 +8,18 @@ is what has no ledger row yet; the counts converge to the total as messages are 
 
 `POST /api/v1/batches/{batchId}/cancel` (CancelRoutes) goes the same way: to the batch's owner, then
 to every `messages` partition's owner (streamapp.sending.cancel).
+
+A batch id is answered from its 202 on: the BatchInfo reaches the table through the commands
+topic, so it may be read a moment after the client has the id (longer behind an import). The
+owner waits for the row of an id made in the last RECENT seconds, up to ACCEPT_WAIT, before its
+404 (batch_row).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +28,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from streamapp.core.ids import batch_partition
+from streamapp.core.ids import batch_partition, batch_time
 from streamapp.core.models import MESSAGE_STATUSES, decode_batch_info
 from streamapp.core.validation import FieldError
 from streamapp.http.auth import Authenticator, require_database
@@ -36,6 +42,26 @@ from streamapp.sending.ledger import Ledger
 from streamapp.settings import Settings
 from streamapp.tables.batches import BATCHES
 from streamapp.tables.messages import MESSAGES
+
+#: Ids made this recently (seconds) whose BatchInfo is not read yet are waited for, up to ACCEPT_WAIT.
+RECENT = 600.0
+ACCEPT_WAIT = 10.0
+POLL = 0.05
+
+
+async def batch_row(get: Callable[[int, bytes], bytes | None], partition: int, batch_id: str) -> bytes | None:
+    """The batch's BatchInfo row (`get` reads the table), waited for while the id is young: its 202 may
+    precede the table's write."""
+    raw = get(partition, batch_id.encode())
+    made = batch_time(batch_id)
+    if raw is not None or made is None or time.time() - made > RECENT:
+        return raw
+    deadline = time.monotonic() + ACCEPT_WAIT
+    while raw is None and time.monotonic() < deadline:
+        await asyncio.sleep(POLL)
+        raw = get(partition, batch_id.encode())
+    return raw
+
 
 #: Counted from ledger rows; `queued` is what has no row yet.
 STATUSES = tuple(s for s in MESSAGE_STATUSES if s != "queued")
@@ -67,7 +93,7 @@ class BatchRoutes:
             return json_response({"counts": counts, "engaged": engaged})
 
         async def read() -> web.Response:
-            raw = self.batches.get(partition, batch_id.encode())
+            raw = await batch_row(self.batches.get, partition, batch_id)
             if raw is None:
                 raise not_found(f"batch {batch_id!r} (or it is still being accepted)")
             info = decode_batch_info(raw)
@@ -188,7 +214,7 @@ class CancelRoutes:
             return json_response(cancelled_answer(batch_id), status=202)
 
         async def cancel() -> web.Response:
-            raw = self.batches.get(partition, batch_id.encode())
+            raw = await batch_row(self.batches.get, partition, batch_id)
             if raw is None:
                 raise not_found(f"batch {batch_id!r} (or it is still being accepted)")
             require_database(token, decode_batch_info(raw).database)
