@@ -51,10 +51,13 @@ SEND_DURATION = Histogram(
 SMTP_REPLIES = Counter(
     "streamapp_smtp_replies", "SMTP transaction results by reply class (2xx, 4xx, 5xx, connection_error)", ["class"]
 )
+#: The `state` label of QUEUE_DEPTH (SPEC §7).
+QUEUE_STATES = ("ready", "scheduled", "deferred")
 QUEUE_DEPTH = Gauge(
     "streamapp_queue_depth",
-    "Messages waiting on this worker's partitions: unread topic records, in-memory queue, scheduled and deferred",
-    ["priority"],
+    "Messages waiting on this worker's partitions: ready (unread topic records and in-memory queue), scheduled,"
+    " deferred",
+    ["priority", "state"],
 )
 OLDEST_QUEUED_AGE = Gauge(
     "streamapp_oldest_queued_age_seconds",

@@ -65,7 +65,8 @@ def export_known_series(sa: StreamApp) -> None:
     for priority in PRIORITIES:
         for status in (*get_args(MessageStatus), "invalid"):
             metrics.MESSAGES.labels(priority=priority, outcome=status)
-        metrics.QUEUE_DEPTH.labels(priority)
+        for state in metrics.QUEUE_STATES:
+            metrics.QUEUE_DEPTH.labels(priority, state)
         metrics.OLDEST_QUEUED_AGE.labels(priority)
     for reply_class in get_args(ReplyClass):
         metrics.SMTP_REPLIES.labels(reply_class)

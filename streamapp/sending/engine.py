@@ -247,7 +247,8 @@ class SendEngine(Service):  # type: ignore[misc]
             if partition in self._assigned_partitions():
                 self.schedule.take(partition)
                 self.cancels.resume(partition)
-                log.info("partition %d: %s messages waiting", partition, dict(self.ledger.waiting(partition)))
+                waiting = {f"{p}/{s}": n for (p, s), n in self.ledger.waiting(partition).items()}
+                log.info("partition %d: %s messages waiting", partition, waiting)
         self.owned = assigned
         self._window(bool(taken))
         self._audiences(bool(taken))
@@ -301,7 +302,7 @@ class SendEngine(Service):  # type: ignore[misc]
                 log.debug("queue gauges not updated", exc_info=True)
 
     async def _update_gauges(self) -> None:
-        """Per worker, over its partitions: unread records + in-memory queue + scheduled and deferred.
+        """Per worker, over its partitions: `ready` (unread records + in-memory queue), `scheduled`, `deferred`.
 
         Unread records are end offsets (asked from the broker: a paused partition's cached
         high-water mark is stale) minus the next offset this worker has not seen yet.
@@ -317,6 +318,8 @@ class SendEngine(Service):  # type: ignore[misc]
                 max(0, ends.get((tp.topic, tp.partition), 0) - self.offsets.next[tp]) for tp in tps if tp.topic == topic
             )
             queue = self.dispatcher.queues[priority]
-            metrics.QUEUE_DEPTH.labels(priority).set(unread + len(queue) + waiting[priority])
+            metrics.QUEUE_DEPTH.labels(priority, "ready").set(unread + len(queue))
+            for state in ("scheduled", "deferred"):
+                metrics.QUEUE_DEPTH.labels(priority, state).set(waiting[priority, state])
             oldest = (now - clock.parse_time(queue[0].command.enqueuedAt)).total_seconds() if queue else 0.0
             metrics.OLDEST_QUEUED_AGE.labels(priority).set(max(0.0, oldest))

@@ -17,9 +17,10 @@ worker or on a replica restored from the changelog:
   report (`campaign_counts`); kept as long as the ledger (a few bytes per campaign);
 - `~d<due ms, 13 digits><messageId>`: the due-time index of the rows that may still be sent
   (scheduled, deferred), read in due order by the schedule a window at a time (`due_entries`);
-- `~w`: how many rows of each priority wait (the queue-depth gauge);
-- `~i`: the partition's bookkeeping is complete (written once, after `prepare` rebuilt it from the
-  rows of a ledger older than the bookkeeping).
+- `~w`: how many rows of each priority and waiting status wait, keyed `<priority>/<status>` (the
+  queue-depth gauge's `scheduled` and `deferred` states);
+- `~j`: the partition's bookkeeping is complete (written once, after `prepare` rebuilt it from the
+  rows of a ledger older than the bookkeeping; `~i` marked the bookkeeping before `~w` had statuses).
 
 A `put` derives the changes from the row it replaces (old status → new status, engagement marks the
 old row lacked), so a status or a mark written twice (a replayed event, a message released twice, a
@@ -50,7 +51,7 @@ COUNTS = b"~b"
 CAMPAIGNS = b"~c"
 DUE = b"~d"
 WAITING = b"~w"
-COMPLETE = b"~i"
+COMPLETE = b"~j"
 _DUE_DIGITS = 13
 #: Clicked URLs a row remembers (their digests); clicks on more links still record their history once each.
 MAX_CLICKS = 32
@@ -183,9 +184,10 @@ class Ledger:
                 rows[before] = None
             if after is not None:
                 rows[after] = new.priority.encode()
-            rows.update(
-                self._wait(partition, old.priority if old and before else None, new.priority if after else None)
-            )
+        left = _waiting_key(old) if old and before else None
+        joined = _waiting_key(new) if after else None
+        if left != joined:
+            rows.update(self._wait(partition, left, joined))
         return rows
 
     def _count(self, partition: int, key: bytes, database: str, old: str | None, new: str, marks: list[str]) -> bytes:
@@ -203,13 +205,14 @@ class Ledger:
         return encode(row)
 
     def _wait(self, partition: int, leaves: str | None, joins: str | None) -> dict[bytes, bytes]:
-        """The waiting counts when a row stops (`leaves`) or starts (`joins`) waiting, by priority."""
-        counts = self.waiting(partition)
+        """The waiting counts when a row stops (`leaves`) or starts (`joins`) waiting, by `<priority>/<status>`."""
+        raw = self.store.get(partition, WAITING)
+        counts = _waiting.decode(raw) if raw is not None else {}
         if leaves is not None and counts.get(leaves, 0) > 0:
             counts[leaves] -= 1
         if joins is not None:
             counts[joins] = counts.get(joins, 0) + 1
-        return {WAITING: encode(dict(counts))}
+        return {WAITING: encode({key: n for key, n in counts.items() if n})}
 
     # -- reads of the bookkeeping ---------------------------------------------------------------
 
@@ -244,10 +247,14 @@ class Ledger:
                 counts[row.status] += 1
         return counts
 
-    def waiting(self, partition: int) -> Counter[str]:
-        """Rows of the partition that may still be sent (scheduled, deferred), by priority."""
+    def waiting(self, partition: int) -> Counter[tuple[str, str]]:
+        """Rows of the partition that may still be sent, by (priority, status: scheduled or deferred)."""
         raw = self.store.get(partition, WAITING)
-        return Counter(_waiting.decode(raw)) if raw is not None else Counter()
+        counts: Counter[tuple[str, str]] = Counter()
+        for key, n in (_waiting.decode(raw) if raw is not None else {}).items():
+            priority, _, status = key.partition("/")
+            counts[priority, status] += n
+        return counts
 
     def due_entries(self, partition: int, start: bytes, end: bytes, limit: int) -> list[tuple[bytes, Priority]]:
         """Up to `limit` (index key, priority) of the due index from `start` (inclusive) to `end`, in due order."""
@@ -267,7 +274,7 @@ class Ledger:
     # -- bookkeeping of a ledger older than it --------------------------------------------------
 
     async def prepare(self, partition: int) -> int:
-        """Make the partition's bookkeeping complete: rebuilt from its rows once if `~i` is missing (a
+        """Make the partition's bookkeeping complete: rebuilt from its rows once if `~j` is missing (a
         ledger written before it existed; an empty partition costs one write). Returns the rows read.
 
         Runs when the partition is taken, before its messages are processed, in one pass on the loop:
@@ -309,7 +316,7 @@ def _rebuilt(rows: Iterable[tuple[str, _Row]]) -> tuple[dict[bytes, bytes | None
         index = _index_key(row, message_id)
         if index is not None:
             out[index] = row.priority.encode()
-            waiting[row.priority] += 1
+            waiting[_waiting_key(row)] += 1
     now = clock.now_iso()
     for entry in counts.values():
         entry.updatedAt = now
@@ -334,9 +341,13 @@ def counts_expired(key: bytes, raw: bytes, expired: Callable[[datetime], bool]) 
     return not waiting and bool(row.updatedAt) and expired(clock.parse_time(row.updatedAt))
 
 
-def waiting_counts(ledger: Ledger, partitions: Iterable[int]) -> Counter[str]:
-    """Waiting rows by priority over `partitions` (one read each)."""
-    total: Counter[str] = Counter()
+def _waiting_key(row: _Row | MessageState) -> str:
+    return f"{row.priority}/{row.status}"
+
+
+def waiting_counts(ledger: Ledger, partitions: Iterable[int]) -> Counter[tuple[str, str]]:
+    """Waiting rows by (priority, status) over `partitions` (one read each)."""
+    total: Counter[tuple[str, str]] = Counter()
     for partition in partitions:
         total.update(ledger.waiting(partition))
     return total

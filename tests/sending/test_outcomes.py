@@ -142,7 +142,8 @@ def test_reply_classes_and_suppression(setup: tuple[Worker, PeerProcess, Path]) 
         'streamapp_smtp_replies_total{class="5xx"}',
         'streamapp_smtp_replies_total{class="connection_error"}',
         'streamapp_send_duration_seconds_count{priority="campaign"}',
-        'streamapp_queue_depth{priority="transactional"}',
+        'streamapp_queue_depth{priority="transactional",state="ready"}',
+        'streamapp_queue_depth{priority="campaign",state="deferred"}',
         'streamapp_oldest_queued_age_seconds{priority="campaign"}',
     ):
         assert line in text, line
