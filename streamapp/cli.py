@@ -18,11 +18,12 @@ def _checked_settings() -> Settings:
     """The configuration, templates linted, segments and journeys parsed too (SPEC §2, §9, §10): ConfigError
     lists every issue."""
     from streamapp.journeys.config import check_journeys
+    from streamapp.mail.dkim import check_dkim
     from streamapp.mail.template_lint import check_templates
     from streamapp.segments.config import check_segments
 
     settings = load_settings()
-    issues = check_templates(settings) + check_segments(settings) + check_journeys(settings)
+    issues = check_templates(settings) + check_segments(settings) + check_journeys(settings) + check_dkim(settings)
     if issues:
         raise ConfigError(issues)
     return settings

@@ -48,6 +48,14 @@ SEND_DURATION = Histogram(
     ["priority"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+#: The labels of BOUNCES (SPEC §7): kind, and where the bounce was learnt.
+BOUNCE_KINDS = ("hard", "soft", "complaint")
+BOUNCE_SOURCES = ("smtp", "dsn", "webhook")
+BOUNCES = Counter(
+    "streamapp_bounces",
+    "Bounces and complaints by kind and by where they were learnt (the SMTP reply, a DSN, a webhook)",
+    ["kind", "source"],
+)
 SMTP_REPLIES = Counter(
     "streamapp_smtp_replies", "SMTP transaction results by reply class (2xx, 4xx, 5xx, connection_error)", ["class"]
 )

@@ -315,6 +315,8 @@ class Settings:
     tracking: TrackingSettings = TrackingSettings()
     #: In configuration order: `journeys[i]` of the file is `journeys[i]` here.
     journeys: tuple[JourneySettings, ...] = ()
+    #: The `[[dkim]]` tables as written (SPEC §11); streamapp.mail.dkim checks and loads their keys.
+    dkim: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def templates_dir(self) -> Path:
@@ -1092,6 +1094,17 @@ def _read_journeys(r: _Reader, data: Any, base: Path) -> tuple[JourneySettings, 
     return tuple(journeys)
 
 
+def _read_dkim(r: _Reader, data: Any) -> tuple[Mapping[str, Any], ...]:
+    """`[[dkim]]` entries, each a table; their keys and files are checked by streamapp.mail.dkim.check_dkim."""
+    tables: list[Mapping[str, Any]] = []
+    for i, item in enumerate(_array(r, data, "dkim")):
+        if isinstance(item, dict):
+            tables.append(dict(item))
+        else:
+            r.error(f"dkim[{i}]", f"expected a table, got {_kind(item)}")
+    return tuple(tables)
+
+
 def _array(r: _Reader, data: Any, place: str) -> list[Any]:
     if data is None:
         return []
@@ -1107,7 +1120,7 @@ def _array(r: _Reader, data: Any, place: str) -> list[Any]:
 
 TOP_LEVEL = (
     "service", "smtp", "tokens", "databases", "history_types", "imports", "triggers", "campaigns", "segments",
-    "tracking", "journeys",
+    "tracking", "journeys", "dkim",
 )  # fmt: skip
 
 
@@ -1162,6 +1175,7 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
         segments=_read_segments(r, raw.get("segments"), databases),
         tracking=_read_tracking(r, raw.get("tracking")),
         journeys=_read_journeys(r, raw.get("journeys"), base),
+        dkim=_read_dkim(r, raw.get("dkim")),
     )
 
 

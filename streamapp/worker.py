@@ -68,6 +68,9 @@ def export_known_series(sa: StreamApp) -> None:
         for state in metrics.QUEUE_STATES:
             metrics.QUEUE_DEPTH.labels(priority, state)
         metrics.OLDEST_QUEUED_AGE.labels(priority)
+    for kind in metrics.BOUNCE_KINDS:
+        for source in metrics.BOUNCE_SOURCES:
+            metrics.BOUNCES.labels(kind, source)
     for reply_class in get_args(ReplyClass):
         metrics.SMTP_REPLIES.labels(reply_class)
 

@@ -35,6 +35,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from streamapp.settings import ConfigError, ConfigIssue, Settings
+
 Algorithm = Literal["rsa-sha256", "ed25519-sha256"]
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 T = TypeVar("T")
@@ -74,6 +76,25 @@ _CACHE_LIMIT = 4096
 _FOLD = 76
 _PKCS1 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
+
+
+def check_dkim(settings: Settings) -> list[ConfigIssue]:
+    """Every problem of the `[[dkim]]` entries (unreadable or weak keys, duplicates), placed in the file."""
+    try:
+        configured_signer(settings)
+    except ConfigError as exc:
+        return list(exc.issues)
+    return []
+
+
+def configured_signer(settings: Settings) -> DkimSigner | None:
+    """The signer of the configured keys (relative paths against the config file's folder); None without
+    `[[dkim]]`; ConfigError naming the place of every bad entry."""
+    try:
+        keys = load_keys(list(settings.dkim), settings.path.parent)
+    except DkimConfigError as exc:
+        raise ConfigError([ConfigIssue(str(settings.path), place, reason) for place, reason in exc.issues]) from None
+    return DkimSigner(keys) if keys else None
 
 
 class DkimError(ValueError):

@@ -26,6 +26,7 @@ from streamapp.kafka.publisher import CommandPublisher
 from streamapp.kafka.security import client_options
 from streamapp.kafka.store import Store
 from streamapp.kafka.topics import bootstrap_servers, messages_topic
+from streamapp.mail.dkim import configured_signer
 from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.smtp import SmtpPool
 from streamapp.mail.templates import TemplateStore
@@ -100,6 +101,7 @@ class SendEngine(Service):  # type: ignore[misc]
             schedule=self.schedule.add,
             cancelled=self.cancels.cancelled,
             tracking=TrackingPolicy.of(settings),
+            sign=signer.sign if (signer := configured_signer(settings)) else None,
         )
         #: Audience sends; `members` tells a segment's members (the segment engine's, streamapp.runtime).
         self.audiences = Audiences(

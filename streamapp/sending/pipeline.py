@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import msgspec
 
@@ -108,6 +109,7 @@ class Pipeline:
         schedule: Callable[[MessageState, int], None],
         cancelled: Callable[[int, str | None], bool] = lambda partition, batch_id: False,
         tracking: TrackingPolicy | None = None,
+        sign: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.smtp = smtp
         self.public_url = public_url
@@ -125,6 +127,8 @@ class Pipeline:
         #: recorded and again right before SMTP.
         self.cancelled = cancelled
         self.tracking = tracking or TrackingPolicy.off()
+        #: DKIM (streamapp.mail.dkim): OpenSSL releases the GIL, so it runs in a thread, off the event loop.
+        self.sign = sign
 
     async def run(self, job: Job) -> None:
         """Process and record one message; the caller acks the job's event afterwards, unless the pipeline
@@ -188,10 +192,14 @@ class Pipeline:
             data = self._build(command, recipient, address, job.partition, key)
         except (RenderError, MimeError, KeyError) as exc:
             return Outcome("failed", str(exc).strip("'\"")), recipient
+        if self.sign is not None:
+            data = await asyncio.to_thread(self.sign, data)
         if self.cancelled(job.partition, command.batchId):  # cancelled while it waited for its recipient
             return Outcome("failed", "cancelled"), recipient
         reply = await self.send(self.smtp.sender, address, data)
         metrics.SMTP_REPLIES.labels(reply.reply_class).inc()
+        if kind := bounce_kind(reply):
+            metrics.BOUNCES.labels(kind, "smtp").inc()
         return Outcome(reply.kind, reply.text if reply.kind != "sent" else None, reply), recipient
 
     def _build(self, command: SendMessage, recipient: Recipient, address: str, partition: int, key: bytes) -> bytes:
@@ -263,13 +271,14 @@ def recipient_effects(
     database, original_id = command.database, command.originalId
     commands: list[RecipientCommand] = []
     bounced = False
-    if reply.kind == "failed" and reply.recipient_fault:
+    kind = bounce_kind(reply)
+    if kind == "hard":
         # ifExists: a bounce arriving after an erase must not recreate the recipient
         commands.append(
             UpsertRecipient(database=database, originalId=original_id, at=at, status="bounced", ifExists=True)
         )
         bounced = True
-    elif reply.kind == "deferred" and reply.code is not None and reply.stage in ("rcpt", "data"):
+    elif kind == "soft":
         commands.append(SoftBounce(database=database, originalId=original_id, at=at, action="inc"))
         bounced = recipient.softBounces + 1 >= SOFT_BOUNCE_LIMIT and recipient.status != "bounced"
     elif reply.kind == "sent" and recipient.softBounces:
@@ -282,6 +291,16 @@ def recipient_effects(
                        name=command.name, at=at)
         )  # fmt: skip
     return commands
+
+
+def bounce_kind(reply: SmtpOutcome) -> Literal["hard", "soft"] | None:
+    """A refusal of the recipient (5xx after MAIL) is a hard bounce; a 4xx to RCPT or DATA a soft one;
+    connection errors and refusals of the sender are neither (the recipient is not at fault)."""
+    if reply.kind == "failed" and reply.recipient_fault:
+        return "hard"
+    if reply.kind == "deferred" and reply.code is not None and reply.stage in ("rcpt", "data"):
+        return "soft"
+    return None
 
 
 def sent_record(command: SendMessage, at: str) -> AppendHistory:

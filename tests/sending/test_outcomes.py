@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures import Worker, WorkerPool, client, free_port
+from tests.fixtures import Worker, WorkerPool, client, free_port, metric_value
 from tests.mail.fixtures import PeerProcess
 from tests.sending.fixtures import (
     add_recipients,
@@ -145,9 +145,14 @@ def test_reply_classes_and_suppression(setup: tuple[Worker, PeerProcess, Path]) 
         'streamapp_queue_depth{priority="transactional",state="ready"}',
         'streamapp_queue_depth{priority="campaign",state="deferred"}',
         'streamapp_oldest_queued_age_seconds{priority="campaign"}',
+        'streamapp_bounces_total{kind="complaint",source="webhook"} 0.0',
     ):
         assert line in text, line
     assert "example.com" not in text
+    # One 550 to hard@ (its next message was suppressed), 450 to RCPT for soft@ until it bounced; the
+    # refused connections of `late` are no bounce.
+    assert metric_value(worker.url, "streamapp_bounces_total", kind="hard", source="smtp") == 1
+    assert metric_value(worker.url, "streamapp_bounces_total", kind="soft", source="smtp") == rows[soft].attempts
 
     # Deferred until expiry: the peer is gone, every attempt is a connection error (no bounce).
     peer.stop()
