@@ -9,6 +9,7 @@ owns the partition (the group notices after the session timeout) instead of answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -101,10 +102,16 @@ def test_writes_keep_answering_202_while_a_worker_is_down(kafka: str, tmp_path: 
         messages |= before
         eventually(lambda: messages <= set(maildir_ids(maildir)), timeout=120, interval=0.5)
         with client(survivor) as api:
-            for a in answers:
-                if a.kind == "upsert":
-                    path = f"/api/v1/databases/members/recipients/{a.key}"
-                    eventually(lambda path=path: api.get(path).status_code == 200, timeout=60)  # type: ignore[misc]
+            paths = [f"/api/v1/databases/members/recipients/{a.key}" for a in answers if a.kind == "upsert"]
+
+            def missing() -> dict[str, str]:
+                replies = {path: api.get(path) for path in paths}
+                return {p: f"{r.status_code} {r.text[:120]}" for p, r in replies.items() if r.status_code != 200}
+
+            with contextlib.suppress(AssertionError):  # reported below, with what the survivor said
+                eventually(lambda: not missing(), timeout=90, interval=1)
+            gone = missing()
+            assert not gone, f"{len(gone)} upserts answered 202 are not readable: {gone}\n{survivor.tail()}"
             # A client retrying a keyed message now gets the same one back, and nothing more is sent.
             for a in [a for a in answers if a.kind == "keyed"][:10]:
                 again = api.post("/api/v1/triggers/news/messages", headers={"Idempotency-Key": a.key},

@@ -74,9 +74,20 @@ template = "hello"
 """
 
 
-def mail_by_recipient(maildir: Path) -> dict[str, email.message.Message]:
-    """Received mail by To address (the last one wins)."""
-    return {str(m["To"]): m for m in maildir_messages(maildir)}
+def mail_by_recipient(maildir: Path, wanted: Iterable[str] | None = None) -> dict[str, email.message.Message]:
+    """Received mail by To address (the last one wins); only that to `wanted` addresses when given: the
+    others' headers are scanned, not parsed (a module's Maildir holds tens of thousands)."""
+    if wanted is None:
+        return {str(m["To"]): m for m in maildir_messages(maildir)}
+    targets = {f"To: {address}".encode() for address in wanted}
+    found: dict[str, email.message.Message] = {}
+    for path in sorted((maildir / "new").glob("*")):
+        data = path.read_bytes()
+        head = data[: data.find(b"\r\n\r\n") if b"\r\n\r\n" in data else len(data)]
+        if any(line.rstrip() in targets for line in head.splitlines() if line.startswith(b"To: ")):
+            message = email.message_from_bytes(data)
+            found[str(message["To"])] = message
+    return found
 
 
 def html_of(message: email.message.Message) -> str:

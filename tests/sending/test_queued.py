@@ -28,7 +28,7 @@ def _status(api: httpx.Client, message_id: str) -> str:
     assert response.status_code == 200, f"{message_id}: {response.status_code} {response.text}"
     body = response.json()
     assert body["messageId"] == message_id and body["database"] == "members"
-    return str(body["status"])
+    return str(body["status"]) if body["status"] != "failed" else f"failed: {body.get('reason')}"
 
 
 def test_messages_are_queued_from_their_202_and_ids_never_issued_are_404(

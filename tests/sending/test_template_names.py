@@ -60,7 +60,7 @@ def test_a_recipient_without_firstname_is_greeted_as_friend(greeting: tuple[Work
     code, answer = post_message(worker, body)
     assert code == 202, answer
     wait_statuses(settings_of(worker), {answer["messageId"]: "sent"})
-    mail = mail_by_recipient(maildir)["nf-1@example.com"]
+    mail = mail_by_recipient(maildir, ["nf-1@example.com"])["nf-1@example.com"]
     assert mail["Subject"] == "Hello friend"
     assert "<p>Hello friend, code K1.</p>" in html_of(mail)  # the unset optional `note` renders empty
 
