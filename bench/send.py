@@ -109,12 +109,16 @@ def main() -> None:
     parser.add_argument("--campaign", type=int, default=50_000)
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--no-pipelining", action="store_true", help="[smtp] pipelining = false (aiosmtplib alone)")
     args = parser.parse_args()
     with sink_and_pool(args.broker, "bench-send-") as (port, base, pool):
-        results: dict[str, object] = {"connections": args.connections}
+        results: dict[str, object] = {"connections": args.connections, "pipelining": not args.no_pipelining}
         results["raw"] = asyncio.run(raw(port, args.connections, 20_000, raw_message()))
         write_templates(base)
-        worker = pool.create(extra=smtp_extra(port, connections=args.connections))
+        extra = smtp_extra(port, connections=args.connections)
+        if args.no_pipelining:
+            extra = extra.replace("[smtp]\n", "[smtp]\npipelining = false\n", 1)
+        worker = pool.create(extra=extra)
         tag = uuid.uuid4().hex[:6]
         ids = [f"b{tag}-{i}" for i in range(max(args.campaign, args.queued))]
         add_recipients(worker, [*ids, f"vip-{tag}"])

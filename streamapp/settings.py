@@ -201,6 +201,9 @@ class SmtpSettings:
     password: str | None = field(repr=False)  # settings may be logged
     starttls: bool
     unsubscribe_mailto: str | None
+    #: ESMTP PIPELINING and CHUNKING where the server offers them (streamapp.mail.pipelined); false: one
+    #: command at a time, for a relay that advertises them but mishandles them.
+    pipelining: bool = True
 
 
 @dataclass(frozen=True)
@@ -746,6 +749,7 @@ def _read_smtp(r: _Reader, data: Any) -> SmtpSettings:
             password=password,
             starttls=starttls,
             unsubscribe_mailto=t.get("unsubscribe_mailto", str, None),
+            pipelining=t.get("pipelining", bool, True),
         )
 
 

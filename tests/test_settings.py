@@ -418,6 +418,15 @@ def test_smtp_credentials_need_starttls(tmp_path: Path) -> None:
     )  # no credentials: no TLS needed
 
 
+def test_smtp_pipelining_is_on_unless_switched_off(tmp_path: Path) -> None:
+    on = load_settings(write(tmp_path, '[smtp]\nhost = "relay"\n'), {}).smtp
+    off = load_settings(write(tmp_path, '[smtp]\nhost = "relay"\npipelining = false\n'), {}).smtp
+    assert on is not None and on.pipelining and off is not None and not off.pipelining
+    assert issues_of(write(tmp_path, '[smtp]\npipelining = "no"\n')) == [
+        "smtp.pipelining: expected true or false, got a string"
+    ]
+
+
 # -- Kafka TLS and SASL ([service] kafka_*) ---------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ from aiosmtplib.protocol import (
     normalize_message_line_endings,
 )
 
-from streamapp.mail.smtp import SmtpOutcome, Stage
+from streamapp.mail.outcome import SmtpOutcome, Stage
 
 Envelope = tuple[str, str, bytes]  # sender, recipient, message bytes
 Mode = Literal["chunking", "pipelining", "plain"]

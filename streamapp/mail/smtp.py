@@ -16,6 +16,9 @@ one message and partial acceptance cannot pass for success. How replies map to o
 A timeout or lost connection *after* the message data was written may hide a delivery the
 server completed; that message is deferred and may be sent twice (the in-flight bound).
 
+Connections are streamapp.mail.pipelined's PipelinedSMTP: MAIL, RCPT and DATA (or BDAT and the
+data) go in one write where the server offers PIPELINING (CHUNKING), one round trip a message
+instead of four, with the same outcomes (`pipelining=False`: aiosmtplib, one command at a time).
 Connections are opened lazily (a quiet pool holds few), reused LIFO, and reconnected when the
 server dropped them. A failed transaction is followed by RSET; if that fails the connection is
 closed, so one bad transaction never poisons the next. A reused connection that turns out to
@@ -30,8 +33,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import aiosmtplib
 from aiosmtplib import (
@@ -41,19 +42,10 @@ from aiosmtplib import (
     SMTPSenderRefused,
 )
 
-OutcomeKind = Literal["sent", "deferred", "failed"]
-ReplyClass = Literal["2xx", "4xx", "5xx", "connection_error"]
-Stage = Literal["connect", "mail", "rcpt", "data"]
+from streamapp.mail.outcome import OutcomeKind, ReplyClass, SmtpOutcome, Stage
+from streamapp.mail.pipelined import PipelinedSMTP
 
-
-@dataclass(frozen=True, slots=True)
-class SmtpOutcome:
-    kind: OutcomeKind
-    code: int | None  # None: no reply (connection lost, timeout, refused)
-    text: str
-    reply_class: ReplyClass  # the label of streamapp_smtp_replies_total{class}
-    recipient_fault: bool = False  # True only for a 5xx on RCPT or DATA: bounce the recipient
-    stage: Stage = "data"
+__all__ = ["OutcomeKind", "ReplyClass", "SmtpOutcome", "SmtpPool", "Stage", "TokenBucket"]
 
 
 class TokenBucket:
@@ -111,13 +103,17 @@ class SmtpPool:
         timeout: float = 30,
         helo_name: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        pipelining: bool = True,
     ) -> None:
+        """`pipelining`: connections are PipelinedSMTP (PIPELINING and CHUNKING where the server offers
+        them: one round trip a message); False: aiosmtplib's one command at a time."""
         if connections < 1:
             raise ValueError("connections must be >= 1")
         self.host, self.port = host, port
         self._username, self._password = username, password
         self._starttls, self._timeout, self._tls_context = starttls, timeout, tls_context
         self._helo_name = helo_name
+        self._pipelining = pipelining
         self._bucket = TokenBucket(rate_per_second) if rate_per_second > 0 else None
         self._clients = [self._client() for _ in range(connections)]
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
@@ -149,7 +145,8 @@ class SmtpPool:
             self._idle.put_nowait(client)
 
     def _client(self) -> aiosmtplib.SMTP:
-        return aiosmtplib.SMTP(
+        kind = PipelinedSMTP if self._pipelining else aiosmtplib.SMTP
+        return kind(
             hostname=self.host,
             port=self.port,
             timeout=self._timeout,
@@ -172,6 +169,8 @@ class SmtpPool:
         """The outcome, and whether the connection was lost before any message data was sent."""
         try:
             await self._ensure_connected(client)
+            if isinstance(client, PipelinedSMTP):
+                return await client.deliver(sender, recipient, data)
             return await _transaction(client, sender, recipient, data), False
         except _Failure as failure:
             return failure.outcome, failure.before_data and not client.is_connected

@@ -85,8 +85,9 @@ class SendEngine(Service):  # type: ignore[misc]
         self.schedule = Schedule()
         self.cancels = BatchCancels(self.ledger, self._owns, self.add_future)
         self.pool = SmtpPool(
-            smtp.host, smtp.port, smtp.connections, smtp.rate_per_second, smtp.username, smtp.password, smtp.starttls
-        )
+            smtp.host, smtp.port, smtp.connections, smtp.rate_per_second, smtp.username, smtp.password, smtp.starttls,
+            pipelining=smtp.pipelining,
+        )  # fmt: skip
         self.pipeline = Pipeline(
             smtp=smtp,
             public_url=settings.service.public_url,

@@ -7,9 +7,9 @@ Peers:
 - Postfix's smtp-sink in another process (PIPELINING, no CHUNKING; its -f/-r options imply -p,
   no PIPELINING, so they exercise the fallback).
 
-`PipelinedPool` is `SmtpPool` with the change the module proposes for it (its connections are
-`PipelinedSMTP`, the transaction is `deliver()`), so the pool's reconnect and retry logic is
-tested with the new connections, and its outcomes against the stock pool's.
+`SmtpPool`'s connections are `PipelinedSMTP` and its transaction `deliver()`, so the pool's
+reconnect and retry logic is tested with them, and its outcomes against the pool with
+`pipelining=False` (aiosmtplib one command at a time).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 from streamapp.mail import pipelined
 from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.pipelined import Attempt, PipelinedSMTP
-from streamapp.mail.smtp import SmtpOutcome, SmtpPool, _Failure
+from streamapp.mail.smtp import SmtpOutcome, SmtpPool
 from tests.mail.fixtures import Peers, needs_smtp_sink
 
 SENDER = "news@example.com"
@@ -244,30 +244,9 @@ def connection(port: int, **options: Any) -> PipelinedSMTP:
     return PipelinedSMTP(hostname="127.0.0.1", port=port, **(defaults | options))
 
 
-class PipelinedPool(SmtpPool):
-    """SmtpPool with the proposed change: `PipelinedSMTP` connections, `deliver()` as the transaction."""
-
-    def _client(self) -> PipelinedSMTP:
-        return PipelinedSMTP(
-            hostname=self.host,
-            port=self.port,
-            timeout=self._timeout,
-            start_tls=self._starttls,
-            tls_context=self._tls_context,
-            username=self._username,
-            password=self._password,
-        )
-
-    async def _attempt(self, client: Any, sender: str, recipient: str, data: bytes) -> tuple[SmtpOutcome, bool]:
-        try:
-            await self._ensure_connected(client)
-        except _Failure as failure:
-            return failure.outcome, failure.before_data and not client.is_connected
-        return await client.deliver(sender, recipient, data)
-
-
-def pool(port: int, kind: type[SmtpPool] = PipelinedPool, **options: Any) -> SmtpPool:
-    return kind("127.0.0.1", port, 1, rate_per_second=0, timeout=10, helo_name="test.example", **options)
+def pool(port: int, **options: Any) -> SmtpPool:
+    """The pool as sending uses it: PipelinedSMTP connections (`pipelining=False`: aiosmtplib's)."""
+    return SmtpPool("127.0.0.1", port, 1, rate_per_second=0, timeout=10, helo_name="test.example", **options)
 
 
 def summary(attempt: Attempt | SmtpOutcome) -> tuple[Any, ...]:
@@ -551,14 +530,14 @@ async def test_bad_address_raises_before_anything_is_written(serve: Callable[...
 )
 async def test_pool_outcomes_match_the_stock_pool(peers: Peers, options: tuple[str, ...]) -> None:
     sink = peers.postfix_sink(options)
-    outcomes: dict[type[SmtpPool], list[SmtpOutcome]] = {}
-    for kind in (SmtpPool, PipelinedPool):
-        smtp = pool(sink.port, kind)
+    outcomes: dict[bool, list[SmtpOutcome]] = {}
+    for pipelining in (False, True):
+        smtp = pool(sink.port, pipelining=pipelining)
         try:
-            outcomes[kind] = [await smtp.send(SENDER, "ann@example.org", message(n)) for n in range(3)]
+            outcomes[pipelining] = [await smtp.send(SENDER, "ann@example.org", message(n)) for n in range(3)]
         finally:
             await smtp.close()
-    assert outcomes[PipelinedPool] == outcomes[SmtpPool]
+    assert outcomes[True] == outcomes[False]
 
 
 @needs_smtp_sink
