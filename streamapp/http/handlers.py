@@ -48,7 +48,7 @@ def handlers(sa: StreamApp, owners: OwnerRouter) -> dict[str, Handler]:
         "eraseRecipient": recipients.delete_recipient,
         "addHistory": recipients.post_history,
         "getHistory": recipients.get_history,
-        **segment_handlers(SegmentRoutes(sa, auth, owners)),
+        **segment_handlers(SegmentRoutes(sa, auth, owners, sa.sending.engine.audiences if sa.sending else None)),
     }
     if sa.sending is None:
         return bound

@@ -48,6 +48,7 @@ from streamapp.http.schemas import (
     SegmentMembers,
     SegmentName,
     SegmentPreview,
+    SegmentUse,
     TrackingToken,
     TriggerMessage,
     UnsubscribeToken,
@@ -123,6 +124,8 @@ def segment_routes() -> list[Route]:
     partitions = Param("partitions", "query", str, "internal: these partitions only (workers ask each other)")
     definition = Body((Content(JSON, SEGMENT_DEFINITION),), "the bare definition (SPEC §9)")
     refused = error(409, "a configured segment (change it in the file), or one other segments reference")
+    in_use = error(409, "a configured segment, one other segments reference, or the audience of a scheduled send")
+    uses = Param("uses", "query", str, "internal: with `partitions`, whether a scheduled send there uses the segment")
     limit = Param("limit", "query", MembersLimit, "members per page (default 1,000)")
     cursor = Param("cursor", "query", MembersCursor, "the `cursor` of the previous page")
     return [
@@ -134,13 +137,13 @@ def segment_routes() -> list[Route]:
               answer(200, "the preview", SegmentPreview), errors=(*BODY_ERRORS, 503), body=definition,
               params=(DB, partitions), tags=("segments",)),
         Route("GET", one, "getSegment", "A segment: definition, count, state, updatedAt, source", "recipients:read",
-              answer(200, "the segment", SegmentInfo), errors=(401, 403, 404, 503), params=(DB, segment),
-              tags=("segments",)),
+              answer(200, "the segment (SegmentUse with `partitions` and `uses`)", AnyOf((SegmentInfo, SegmentUse))),
+              errors=(401, 403, 404, 422, 503), params=(DB, segment, partitions, uses), tags=("segments",)),
         Route("PUT", one, "putSegment", "Define or replace a segment; it is built over the existing recipients",
               "admin", answer(200, "stored: building", SegmentInfo), errors=(*BODY_ERRORS, refused, 503),
               body=definition, params=(DB, segment), tags=("segments",)),
         Route("DELETE", one, "deleteSegment", "Remove an API-defined segment", "admin",
-              answer(200, "removed", SegmentDeleted), errors=(401, 403, 404, refused, 422, 503),
+              answer(200, "removed", SegmentDeleted), errors=(401, 403, 404, in_use, 422, 503),
               params=(DB, segment), tags=("segments",)),
         Route("GET", f"{one}/members", "getSegmentMembers", "Member originalIds, paged", "recipients:read",
               answer(200, "a page", SegmentMembers), errors=(401, 403, 404, 422, 503),

@@ -418,6 +418,12 @@ class SegmentCounts(msgspec.Struct, kw_only=True):
     counts: dict[str, int | None]
 
 
+class SegmentUse(msgspec.Struct, kw_only=True):
+    """Internal (`?partitions=&uses=`): whether a scheduled audience send of those partitions uses the segment."""
+
+    used: bool
+
+
 class SegmentMembers(msgspec.Struct, kw_only=True):
     """A page of member originalIds; `cursor` fetches the next page (null: the last). A page may hold
     fewer than `limit` members and still have a next one (pages follow the partitions' owners)."""

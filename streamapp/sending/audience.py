@@ -163,11 +163,14 @@ class Audiences:
         return found
 
     def uses(self, partitions: Iterable[int], database: str, segment: str) -> bool:
-        """Whether a job of these partitions not yet evaluated sends to the segment (its DELETE is a 409)."""
+        """Whether a job of these partitions not yet evaluated, nor cancelled, sends to the segment (its DELETE
+        is then a 409)."""
         for partition in partitions:
-            for _, raw in self.ledger.store.items(partition, AUDIENCE):
-                job = _job.decode(raw)
-                if not job.done and (job.command.database, job.command.audience) == (database, segment):
+            for key, raw in self.ledger.store.items(partition, AUDIENCE):
+                job, batch_id = _job.decode(raw), key[len(AUDIENCE) :].decode()
+                if job.done or (job.command.database, job.command.audience) != (database, segment):
+                    continue
+                if not self.cancels.cancelled(partition, batch_id):
                     return True
         return False
 

@@ -21,7 +21,7 @@ from streamapp.core import clock
 from streamapp.core.models import MessageState
 from streamapp.sending.ledger import due_key
 from streamapp.sending.schedule import Schedule
-from tests.fixtures import Worker, WorkerPool, client, get_when
+from tests.fixtures import Worker, WorkerPool, client, eventually, get_when
 from tests.mail.fixtures import Peers
 from tests.sending.fixtures import add_recipients, ledger, maildir_messages, settings_of, smtp_extra, write_templates
 
@@ -166,3 +166,27 @@ def test_a_scheduled_audience_send_survives_kill_9_of_every_worker(pool: tuple[W
     assert {f"{i}@example.com" for i in ids} <= set(got)
     gone = get_when(second, f"/api/v1/batches/{other_id}", lambda b: b["total"] is not None)
     assert (gone["total"], gone["sent"]) == (0, 0) and received(maildir, other_id) == []
+
+
+@pytest.mark.integration
+def test_a_segment_a_scheduled_send_waits_for_is_not_deleted_until_the_send_is_cancelled(
+    pool: tuple[WorkerPool, Path],
+) -> None:
+    """SPEC §4: DELETE of a segment is a 409 while a scheduled send uses it; the jobs are spread over both
+    workers' partitions, so the worker asked must also ask the other."""
+    workers, _ = pool
+    first, second = workers.workers
+    path = "/api/v1/databases/members/segments/aud-api"
+    with client(first, "admin") as api:
+        put = api.put(path, json={"attribute": "zipcode", "op": "starts_with", "value": "19"})
+        assert put.status_code == 200, put.text
+    get_when(second, path)  # the definition reached the other worker
+    answer = audience(first, {"segment": "aud-api", "sendTime": when(600)})
+    assert answer.status_code == 202, answer.text
+    batch_id = answer.json()["batchId"]
+    with client(second, "admin") as api:
+        refused = eventually(lambda: (r := api.delete(path)).status_code == 409 and r)
+        assert "scheduled send" in refused.json()["error"]
+        assert api.post(f"/api/v1/batches/{batch_id}/cancel").status_code == 202
+        deleted = eventually(lambda: (r := api.delete(path)).status_code == 200 and r)
+        assert deleted.json() == {"name": "aud-api", "deleted": True}

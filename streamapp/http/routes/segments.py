@@ -38,10 +38,13 @@ from streamapp.http.bodies import read_json
 from streamapp.http.errors import ApiError, json_response, not_found, unavailable, unprocessable
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.http.routes.batches import parse_partitions
+from streamapp.http.signatures import FORWARDED
 from streamapp.runtime import StreamApp
 from streamapp.segments import catalog as errors
 from streamapp.segments.catalog import SegmentEntry
 from streamapp.segments.preview import SAMPLE, preview_partition
+from streamapp.sending.audience import Audiences
+from streamapp.tables.messages import MESSAGES
 from streamapp.tables.segments import SEGMENTS
 
 MAX_MEMBERS = 10_000
@@ -52,8 +55,12 @@ Counts = dict[str, int | None]
 
 
 class SegmentRoutes:
-    def __init__(self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter) -> None:
+    def __init__(
+        self, sa: StreamApp, auth: Authenticator, owners: OwnerRouter, audiences: Audiences | None = None
+    ) -> None:
         self.sa = sa
+        #: Scheduled audience sends (streamapp.sending.audience): a segment one of them waits for is not deleted.
+        self.audiences = audiences
         self.engine = sa.segments
         self.catalog = sa.segments.catalog
         self.partitions = sa.settings.service.partitions
@@ -87,6 +94,11 @@ class SegmentRoutes:
 
     async def get_segment(self, request: web.Request) -> web.Response:
         database = self._database(request, "recipients:read")
+        if "partitions" in request.query and "uses" in request.query:  # the deleting worker asks (delete_segment)
+            if FORWARDED not in request.headers:
+                raise unprocessable([FieldError("/query/uses", "only workers ask whether a send uses a segment")])
+            wanted = parse_partitions(request.query.getall("partitions"), self.partitions)
+            return json_response({"used": self._used_here(database, request.match_info["segment"], wanted)})
         entry = self._entry(database, request.match_info["segment"])
         counts = await self._counts(request, database)
         return json_response(_info(entry, counts.get(entry.name)))
@@ -105,8 +117,27 @@ class SegmentRoutes:
         name = request.match_info["segment"]
         with _refusals():
             write = self.catalog.prepare_delete(database, name)
+        if await self._used(request, database, name):
+            raise ApiError(409, f"segment {name!r} is the audience of a scheduled send; cancel the send first")
         await self._write(write.key, write.value)
         return json_response({"name": name, "deleted": True})
+
+    async def _used(self, request: web.Request, database: str, name: str) -> bool:
+        """Whether a scheduled audience send of any `messages` partition still waits for the segment."""
+        if self.audiences is None:
+            return False
+        local, remote = self.owners.split(MESSAGES)
+        if self._used_here(database, name, local):
+            return True
+        path = f"/api/v1/databases/{database}/segments/{name}"
+        answers = await asyncio.gather(
+            *(self._ask(request, "GET", url, path, ps, query={"uses": "1"}) for url, ps in remote.items())
+        )
+        return any(bool(answer.get("used")) for answer in answers)
+
+    def _used_here(self, database: str, name: str, partitions: list[int]) -> bool:
+        self.owners.require_owned(MESSAGES, partitions)
+        return self.audiences is not None and self.audiences.uses(partitions, database, name)
 
     async def _write(self, key: bytes, value: bytes | None) -> None:
         try:
@@ -146,9 +177,16 @@ class SegmentRoutes:
         return self.owners.split(SEGMENTS)
 
     async def _ask(
-        self, request: web.Request, method: str, owner: URL, path: str, partitions: list[int], body: bytes = b""
+        self,
+        request: web.Request,
+        method: str,
+        owner: URL,
+        path: str,
+        partitions: list[int],
+        body: bytes = b"",
+        query: dict[str, str] | None = None,
     ) -> Any:
-        url = owner.with_path(path).with_query(partitions=",".join(map(str, partitions)))
+        url = owner.with_path(path).with_query({"partitions": ",".join(map(str, partitions)), **(query or {})})
         passed = {"Authorization": request.headers.get("Authorization", "")}
         if body:
             passed["Content-Type"] = "application/json"
