@@ -246,7 +246,7 @@ def connection(port: int, **options: Any) -> PipelinedSMTP:
 
 def pool(port: int, **options: Any) -> SmtpPool:
     """The pool as sending uses it: PipelinedSMTP connections (`pipelining=False`: aiosmtplib's)."""
-    return SmtpPool("127.0.0.1", port, 1, rate_per_second=0, timeout=10, helo_name="test.example", **options)
+    return SmtpPool("127.0.0.1", port, 1, rate_per_second=0, helo_name="test.example", **({"timeout": 10} | options))
 
 
 def summary(attempt: Attempt | SmtpOutcome) -> tuple[Any, ...]:
@@ -645,3 +645,44 @@ async def test_credentials_never_go_over_plaintext(serve: Callable[..., Any]) ->
     assert not smtp.is_connected
     assert b"AUTH" not in peer.log.text()
     assert b"EHLO" in peer.log.text()
+
+
+@pytest.mark.parametrize("mode", ["pipelining", "chunking"])
+async def test_the_pool_chains_the_messages_waiting_for_a_connection_into_shared_writes(
+    serve: Callable[..., Any], mode: str
+) -> None:
+    """Thirty-two callers at once on one connection: each gets its own outcome (one refused recipient
+    among them), every accepted message is stored once, and the transactions shared writes: with
+    PIPELINING a message's data, its dot and the next envelope; with CHUNKING whole batches."""
+    peer = await serve(mode, Rules(rcpt={"bad@example.org": "550 5.1.1 no such user"}))
+    smtp = pool(peer.port)
+    recipients = [f"r{n}@example.org" if n != 7 else "bad@example.org" for n in range(32)]
+    try:
+        outcomes = await asyncio.gather(*(smtp.send(SENDER, r, message(n)) for n, r in enumerate(recipients)))
+    finally:
+        await smtp.close()
+    assert [o.kind for o in outcomes] == ["failed" if n == 7 else "sent" for n in range(32)]
+    assert outcomes[7].recipient_fault and outcomes[7].code == 550
+    assert len(peer.log.stored) == 31 and peer.log.connections == 1
+    if mode == "pipelining":
+        assert sum(b".\r\nMAIL FROM" in r for r in peer.log.reads) >= 16, "no data chained with the next envelope"
+    else:
+        assert max(r.count(b"MAIL FROM") for r in peer.log.reads) > 4, "no write carried several transactions"
+
+
+async def test_a_caller_cancelled_while_its_message_waits_sends_nothing(serve: Callable[..., Any]) -> None:
+    peer = await serve("pipelining", Rules(final={"slow@example.org": SLOW}))
+    smtp = pool(peer.port, timeout=2)
+    try:
+        slow = asyncio.create_task(smtp.send(SENDER, "slow@example.org", message(0)))  # holds the one connection
+        await asyncio.sleep(0.2)
+        waiting = asyncio.create_task(smtp.send(SENDER, "later@example.org", message(1)))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        assert (await slow).kind == "deferred"  # the peer never answered its data: timed out
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await smtp.send(SENDER, "next@example.org", message(2))).kind == "sent"
+    finally:
+        await smtp.close()
+    assert [b"later@example.org" in m for m in peer.log.stored] == [False]
