@@ -56,6 +56,9 @@ BOUNCES = Counter(
     "Bounces and complaints by kind and by where they were learnt (the SMTP reply, a DSN, a webhook)",
     ["kind", "source"],
 )
+BOUNCE_JUNK = Counter(
+    "streamapp_bounce_junk", "Messages to the return path that were neither a bounce report nor a complaint (dropped)"
+)
 SMTP_REPLIES = Counter(
     "streamapp_smtp_replies", "SMTP transaction results by reply class (2xx, 4xx, 5xx, connection_error)", ["class"]
 )

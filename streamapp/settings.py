@@ -284,6 +284,16 @@ class TrackingSettings:
 
 
 @dataclass(frozen=True)
+class BounceSettings:
+    """`[bounces]` (SPEC §11): the VERP return path `<local>+<token>@<domain>` of every message, and the
+    inbound SMTP listener for that domain (`listen`, host and port; None: this worker runs none)."""
+
+    domain: str | None = None
+    local: str = "bounce"
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class SegmentSettings:
     """A `[[segments]]` entry (SPEC §9). `definition` stays raw here: settings sits below
     `streamapp.segments`, which parses it (`streamapp.segments.config.check_segments`)."""
@@ -320,6 +330,7 @@ class Settings:
     journeys: tuple[JourneySettings, ...] = ()
     #: The `[[dkim]]` tables as written (SPEC §11); streamapp.mail.dkim checks and loads their keys.
     dkim: tuple[Mapping[str, Any], ...] = ()
+    bounces: BounceSettings = BounceSettings()
 
     @property
     def templates_dir(self) -> Path:
@@ -1030,6 +1041,37 @@ def _read_tracking(r: _Reader, data: Any) -> TrackingSettings:
         )
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+#: The VERP local part: short enough that local + "+" + the longest token is RFC 5321's 64 octets.
+_VERP_LOCAL = re.compile(r"[a-z0-9._-]{1,12}")
+
+
+def _read_bounces(r: _Reader, data: Any) -> BounceSettings:
+    """`[bounces] domain = "bounces.example.com", local = "bounce", listen = "127.0.0.1:2526"`."""
+    if data is None:
+        return BounceSettings()
+    with r.table(data, "bounces") as t:
+        domain = t.get("domain", str, None, lambda v: None if _HOST_NAME.fullmatch(v) else "must be a domain name")
+        local = t.get("local", str, "bounce", lambda v: None if _VERP_LOCAL.fullmatch(v) else
+                      "must be 1 to 12 of a-z 0-9 . _ - (the return path's local part, before +token)")  # fmt: skip
+        listen = t.get("listen", str, None, _host_port)
+        if listen is not None and domain is None:
+            r.error(t.at("listen"), "needs bounces.domain: the listener accepts mail for that domain only")
+        return BounceSettings(domain.lower() if domain else None, local, _split_host_port(listen) if listen else None)
+
+
+def _host_port(value: str) -> str | None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be host:port, e.g. 127.0.0.1:2526"
+    return None
+
+
+def _split_host_port(value: str) -> tuple[str, int] | None:
+    host, _, port = value.rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() and 0 < int(port) < 65536 else None
+
+
 def _read_properties(r: _Reader, data: dict[str, Any] | None, place: str) -> dict[str, DeclaredProperty] | None:
     """`{ code = "string", amount = "float?" }`: the attribute types, `?` marking an optional property."""
     if data is None:
@@ -1124,7 +1166,7 @@ def _array(r: _Reader, data: Any, place: str) -> list[Any]:
 
 TOP_LEVEL = (
     "service", "smtp", "tokens", "databases", "history_types", "imports", "triggers", "campaigns", "segments",
-    "tracking", "journeys", "dkim",
+    "tracking", "journeys", "dkim", "bounces",
 )  # fmt: skip
 
 
@@ -1180,6 +1222,7 @@ def _read_all(r: _Reader, raw: dict[str, Any], path: Path) -> Settings:
         tracking=_read_tracking(r, raw.get("tracking")),
         journeys=_read_journeys(r, raw.get("journeys"), base),
         dkim=_read_dkim(r, raw.get("dkim")),
+        bounces=_read_bounces(r, raw.get("bounces")),
     )
 
 

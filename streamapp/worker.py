@@ -20,9 +20,12 @@ from streamapp.core.models import PRIORITIES, MessageStatus
 from streamapp.http.server import ApiServer
 from streamapp.imports.report import Outcome as FileOutcome
 from streamapp.kafka.lag import LagReporter
+from streamapp.kafka.publisher import faust_send
 from streamapp.kafka.topics import TopicError, commands_topic, ensure_topics_sync, messages_topics
 from streamapp.mail.smtp import ReplyClass
+from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.runtime import StreamApp, create_runtime
+from streamapp.sending.reports import BounceListener
 from streamapp.sending.retention import RetentionStores, RetentionSweeper
 from streamapp.settings import Settings
 
@@ -93,6 +96,8 @@ def services(sa: StreamApp, dev_sink: bool = False) -> list[Service]:
         running.append(DropWatcher(settings))
     if sa.sending is not None:
         running.append(sa.sending.engine)
+        if settings.bounces.listen is not None:
+            running.append(BounceListener(settings, unsubscribe_keys(settings), faust_send(sa.faust)))
         stores = RetentionStores(sa.sending.engine.ledger, sa.batches, sa.sending.idempotency)
         running.append(RetentionSweeper(settings, sa.kafka, stores))
     if dev_sink:

@@ -216,12 +216,25 @@ def decode_history(data: bytes) -> list[HistoryRecord]:
 
 # -- sending (streamapp.sending) ------------------------------------------------
 
-MessageStatus = Literal["scheduled", "queued", "sent", "deferred", "failed", "suppressed"]
+MessageStatus = Literal["scheduled", "queued", "sent", "deferred", "failed", "suppressed", "bounced"]
 MESSAGE_STATUSES: tuple[str, ...] = get_args(MessageStatus)
-#: A message in one of these states is never sent again.
-FINAL_STATUSES: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
+#: A message in one of these states is never sent again (`bounced`: sent, then a bounce report came back).
+FINAL_STATUSES: frozenset[str] = frozenset({"sent", "failed", "suppressed", "bounced"})
 #: A message in one of these states keeps its command in the ledger, waiting for the schedule.
 WAITING_STATUSES: frozenset[str] = frozenset({"scheduled", "deferred"})
+
+
+ReportKind = Literal["hard", "soft", "complaint"]
+ReportSource = Literal["dsn", "webhook"]
+
+
+class BounceNotice(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A bounce or complaint about a message that was sent (SPEC §11), learnt after the relay's 250."""
+
+    kind: ReportKind
+    source: ReportSource
+    at: str
+    reason: str | None = None
 
 
 class SendMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -255,6 +268,9 @@ class SendMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: Not an e-mail: the audience send of `batchId` for this partition, to this segment's members
     #: (streamapp.sending.audience); the other fields are what each member's message gets.
     audience: str | None = None
+    #: Not an e-mail: a bounce or complaint about message `messageId`, for the owner of its ledger row
+    #: (streamapp.sending.reports); `database` and `originalId` are empty, the row has them.
+    report: BounceNotice | None = None
 
 
 class SmtpReply(msgspec.Struct, kw_only=True):

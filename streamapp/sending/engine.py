@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,11 +32,13 @@ from streamapp.mail.mime import MimeBuilder
 from streamapp.mail.smtp import SmtpPool
 from streamapp.mail.templates import TemplateStore
 from streamapp.mail.unsubscribe import unsubscribe_keys
+from streamapp.mail.verp import return_path
 from streamapp.sending.audience import Audiences, Members
 from streamapp.sending.cancel import BatchCancels
 from streamapp.sending.dispatcher import Dispatcher
 from streamapp.sending.ledger import Ledger, waiting_counts
 from streamapp.sending.pipeline import Job, Pipeline
+from streamapp.sending.reports import ReportEffects
 from streamapp.sending.schedule import Schedule
 from streamapp.sending.tracking import TrackingPolicy
 from streamapp.settings import Settings
@@ -62,6 +65,15 @@ class SendStores:
     recipients: Store
     history: Store
     messages: Store
+
+
+def verp_sender(settings: Settings) -> Callable[[str], str] | None:
+    """`[bounces] domain`: each message's envelope sender names it (SPEC §11); else None."""
+    bounces, ring = settings.bounces, unsubscribe_keys(settings)
+    if bounces.domain is None:
+        return None
+    domain = bounces.domain
+    return lambda message_id: return_path(bounces.local, domain, message_id, ring)
 
 
 class SendEngine(Service):  # type: ignore[misc]
@@ -103,7 +115,10 @@ class SendEngine(Service):  # type: ignore[misc]
             cancelled=self.cancels.cancelled,
             tracking=TrackingPolicy.of(settings),
             sign=signer.sign if (signer := configured_signer(settings)) else None,
+            return_path=verp_sender(settings),
         )
+        #: Bounce reports and complaints about messages of this worker's partitions (streamapp.sending.reports).
+        self.reports = ReportEffects(self.ledger, self._publish)
         #: Audience sends; `members` tells a segment's members (the segment engine's, streamapp.runtime).
         self.audiences = Audiences(
             self.ledger, stores.recipients, members, self.cancels, self.schedule.add, unsubscribe_keys(settings).signing
@@ -129,7 +144,10 @@ class SendEngine(Service):  # type: ignore[misc]
         self._accept(Job(command, message.partition, event))
 
     def _accept(self, job: Job) -> None:
-        """An audience command is registered (then acked), any other message queued."""
+        """An audience command is registered and a bounce report applied (then acked), any other message queued."""
+        if job.command.report is not None:
+            self.add_future(self._reported(job))
+            return
         if job.command.audience is None:
             self.dispatcher.submit(job)
             return
@@ -145,6 +163,16 @@ class SendEngine(Service):  # type: ignore[misc]
             self._ack(job)
 
         self.add_future(register())
+
+    async def _reported(self, job: Job) -> None:
+        try:
+            await self.reports.apply(job.partition, job.command)
+        except Exception as exc:
+            if not self._stopping() and job.partition in self._assigned_partitions():
+                log.exception("cannot apply the report about message %s: stopping the worker", job.command.messageId)
+                await self.kafka.crash(exc)
+            return
+        self._ack(job)
 
     def _read_again(self, tp: Any, start: int, end: int) -> None:
         """Offsets [start, end) never reached the agent: read them ourselves (streamapp.kafka.gaps)."""

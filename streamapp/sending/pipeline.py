@@ -110,6 +110,7 @@ class Pipeline:
         cancelled: Callable[[int, str | None], bool] = lambda partition, batch_id: False,
         tracking: TrackingPolicy | None = None,
         sign: Callable[[bytes], bytes] | None = None,
+        return_path: Callable[[str], str] | None = None,
     ) -> None:
         self.smtp = smtp
         self.public_url = public_url
@@ -129,6 +130,8 @@ class Pipeline:
         self.tracking = tracking or TrackingPolicy.off()
         #: DKIM (streamapp.mail.dkim): OpenSSL releases the GIL, so it runs in a thread, off the event loop.
         self.sign = sign
+        #: The envelope sender of a message id (VERP, streamapp.mail.verp); None: `[smtp] sender` for all.
+        self.return_path = return_path
 
     async def run(self, job: Job) -> None:
         """Process and record one message; the caller acks the job's event afterwards, unless the pipeline
@@ -196,7 +199,8 @@ class Pipeline:
             data = await asyncio.to_thread(self.sign, data)
         if self.cancelled(job.partition, command.batchId):  # cancelled while it waited for its recipient
             return Outcome("failed", "cancelled"), recipient
-        reply = await self.send(self.smtp.sender, address, data)
+        envelope = self.return_path(command.messageId) if self.return_path else self.smtp.sender
+        reply = await self.send(envelope, address, data)
         metrics.SMTP_REPLIES.labels(reply.reply_class).inc()
         if kind := bounce_kind(reply):
             metrics.BOUNCES.labels(kind, "smtp").inc()
