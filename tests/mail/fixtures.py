@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -102,3 +103,103 @@ def peers_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     registry = Peers(tmp_path_factory.mktemp("peers"))
     yield registry
     registry.stop_all()
+
+
+POSTFIX = "/usr/sbin/postfix"
+
+needs_postfix = pytest.mark.skipif(
+    shutil.which(POSTFIX) is None or os.geteuid() != 0,
+    reason="a private Postfix instance needs /usr/sbin/postfix (the Makefile installs it) and root (it starts as root)",
+)
+
+
+class PostfixRelay:
+    """A private Postfix instance (its own main.cf, queue and data directories, log file) relaying from
+    127.0.0.1:`port`: mail for each domain of `routes` goes to 127.0.0.1:<its port>, the rest to
+    `default`, without DNS. Its queue is retried every second and gives up after `lifetime`, so bounces
+    and give-ups come back within seconds (RFC 3464 DSNs to the envelope sender, as in production).
+
+    Postfix runs as root and drops to the `postfix` user, so its directory lives outside pytest's
+    private (0700) temporary tree.
+    """
+
+    def __init__(self, routes: dict[str, int], default: int, lifetime: str = "8s") -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="streamapp-postfix-"))
+        self.home.chmod(0o755)
+        self.port = free_port()
+        self.config = self.home / "etc"
+        self.log = self.home / "maillog"
+        for name in ("etc", "spool", "data"):
+            (self.home / name).mkdir()
+        shutil.chown(self.home / "data", "postfix")
+        transports = ", ".join(f"{domain}=smtp:[127.0.0.1]:{port}" for domain, port in routes.items())
+        (self.config / "main.cf").write_text(f"""compatibility_level = 3.6
+myhostname = relay.test
+mydomain = test
+myorigin = relay.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+queue_directory = {self.home}/spool
+data_directory = {self.home}/data
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file_prefixes = {self.home}
+maillog_file = {self.log}
+disable_dns_lookups = yes
+smtp_dns_support_level = disabled
+default_transport = smtp:[127.0.0.1]:{default}
+transport_maps = inline:{{ {transports} }}
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 1s
+maximal_queue_lifetime = {lifetime}
+bounce_queue_lifetime = {lifetime}
+alias_maps =
+alias_database =
+smtputf8_enable = no
+""")
+        (self.config / "master.cf").write_text(_master_cf(Path("/etc/postfix/master.cf").read_text(), self.port))
+
+    def start(self) -> PostfixRelay:
+        self._postfix("start")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"Postfix not listening on {self.port}:\n{self.tail()}")
+
+    def stop(self) -> None:
+        self._postfix("stop", check=False)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _postfix(self, command: str, check: bool = True) -> None:
+        env = {**os.environ, "MAIL_CONFIG": str(self.config)}
+        run = subprocess.run([POSTFIX, command], env=env, capture_output=True, text=True, timeout=60)
+        if check and run.returncode != 0:
+            raise AssertionError(f"postfix {command} failed ({run.returncode}): {run.stderr}\n{self.tail()}")
+
+
+def _master_cf(debian: str, port: int) -> str:
+    """Debian's master.cf with smtpd on 127.0.0.1:`port` and no service chrooted (a chroot needs copies of
+    /etc files inside the queue directory)."""
+    lines = []
+    for line in debian.splitlines():
+        fields = line.split()
+        if line[:1].isspace() or line.startswith("#") or len(fields) < 8:
+            lines.append(line)
+            continue
+        if fields[:2] == ["smtp", "inet"]:
+            fields[0] = f"127.0.0.1:{port}"
+        fields[4] = "n"
+        lines.append(" ".join(fields))
+    return "\n".join(lines) + "\n"
