@@ -6,6 +6,8 @@ a usable token.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 
@@ -27,7 +29,28 @@ class Authenticator:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise ApiError(401, "missing bearer token", headers=UNAUTHORIZED_HEADERS)
-        digest = hashlib.sha256(secret.strip().encode()).hexdigest()
+        return self._known(secret.strip())
+
+    def require_webhook(self, request: web.Request, scope: str) -> TokenSettings:
+        """As `require`, for a provider's webhook, which cannot send a bearer header (SPEC §4): the token is
+        also taken as the password of HTTP basic authentication, or from `?token=`."""
+        scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                secret = base64.b64decode(secret.strip(), validate=True).decode().partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                raise ApiError(401, "malformed basic authorization", headers=UNAUTHORIZED_HEADERS) from None
+        elif scheme.lower() != "bearer":
+            secret = request.query.get("token", "")
+        if not secret.strip():
+            raise ApiError(401, "missing token (bearer, basic password or ?token=)", headers=UNAUTHORIZED_HEADERS)
+        token = self._known(secret.strip())
+        if not token.allows(scope):
+            raise ApiError(403, f"token {token.name!r} lacks scope {scope!r}")
+        return token
+
+    def _known(self, secret: str) -> TokenSettings:
+        digest = hashlib.sha256(secret.encode()).hexdigest()
         match = None
         for token in self.tokens:
             if hmac.compare_digest(token.sha256, digest):

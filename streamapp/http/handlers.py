@@ -16,6 +16,7 @@ from streamapp.http.auth import Authenticator
 from streamapp.http.forwarding import OwnerRouter
 from streamapp.http.route_specs import api_routes
 from streamapp.http.routes.batches import BatchRoutes, CancelRoutes
+from streamapp.http.routes.bounces import BounceRoutes
 from streamapp.http.routes.health import HealthRoutes
 from streamapp.http.routes.messages import MessageRoutes
 from streamapp.http.routes.recipients import RecipientRoutes
@@ -71,6 +72,7 @@ def handlers(sa: StreamApp, owners: OwnerRouter) -> dict[str, Handler]:
         "trackOpen": tracking.open_pixel,
         "trackClick": tracking.click,
         "getCampaignReport": ReportRoutes(sa.settings, sa.sending, auth, owners).get_report,
+        "postBounces": BounceRoutes(sa, auth).post_bounces,
     }
     return bound
 

@@ -20,6 +20,8 @@ from streamapp.http.schemas import (
     BatchCancelled,
     BatchRow,
     BatchStatus,
+    BounceEvents,
+    BouncesAccepted,
     CampaignReport,
     Databases,
     DateTimeText,
@@ -209,6 +211,15 @@ def send_routes() -> list[Route]:
         Route("GET", "/api/v1/messages/{messageId}", "getMessage", "A message's status", "send",
               answer(200, "the ledger row", MessageView), errors=(401, 403, 404, 503),
               params=(Param("messageId", "path", ItemId),), tags=("sending",)),
+        Route("POST", "/api/v1/bounces", "postBounces",
+              "Bounce and complaint events from a provider's webhook (SPEC §11); the `send` token as bearer,"
+              " basic-auth password or `?token=`", "send",
+              answer(202, "the events naming a message are recorded", BouncesAccepted),
+              errors=(401, 403, 413, 422, 503), body=Body((Content(JSON, BounceEvents),), "the generic form"),
+              params=(Param("provider", "query", Literal["generic", "ses", "sendgrid", "postmark", "mailgun"],
+                            "the webhook's form (only `generic` is read for now)"),
+                      Param("token", "query", str, "the `send` token, for providers that cannot send a header")),
+              tags=("sending",)),
     ]  # fmt: skip
 
 

@@ -228,6 +228,33 @@ class AudienceSend(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     properties: Properties = msgspec.field(default_factory=dict)
 
 
+class BounceEvent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One event of the generic webhook form (SPEC §11): `kind` of a bounce defaults to hard, `time` (ISO 8601,
+    no offset: UTC) to now; an event with an address alone is ignored for now."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=256, description="the provider's event id")]
+    type: Literal["bounce", "complaint"]
+    kind: Literal["hard", "soft"] | None = None
+    messageId: Annotated[str, Meta(max_length=64, description="the X-Streamapp-Message-Id it is about")] | None = None
+    email: Annotated[str, Meta(max_length=254)] | None = None
+    time: Annotated[str, Meta(max_length=64)] | None = None
+    reason: Annotated[str, Meta(max_length=1000)] | None = None
+
+
+class BounceEvents(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /api/v1/bounces?provider=generic`: at most 1,000 events a request."""
+
+    events: Annotated[list[BounceEvent], Meta(max_length=1000)]
+
+
+class BouncesAccepted(msgspec.Struct, kw_only=True):
+    """How many events name a message of this deployment (applied by its owner, each kind once a message),
+    and how many do not (an unknown or foreign message id, or an address alone: ignored)."""
+
+    accepted: int
+    ignored: int
+
+
 #: A JSON array body of a batch upsert or of history records (413 past MAX_BATCH, before validation).
 RecipientBatch = Annotated[list[RecipientBatchItem], Meta(max_length=MAX_BATCH)]
 HistoryBatch = Annotated[list[HistoryRecordIn], Meta(max_length=MAX_BATCH)]

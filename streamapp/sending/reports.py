@@ -21,7 +21,7 @@ batch's and campaign's bookkeeping like opens and clicks (streamapp.sending.ledg
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,25 @@ def notice_command(message_id: str, notice: BounceNotice) -> SendMessage:
     """The record that carries a report to the owner of the message's partition."""
     return SendMessage(messageId=message_id, database="", originalId="", priority="transactional", template="",
                        enqueuedAt=notice.at, report=notice)  # fmt: skip
+
+
+def names_a_message(message_id: str, settings: Settings) -> bool:
+    partition = partition_of(message_id)
+    return partition is not None and partition < settings.service.partitions
+
+
+async def publish_notices(send: Send, settings: Settings, notices: Iterable[tuple[str, BounceNotice]]) -> int:
+    """Publish each (message id, notice) to the message's partition, skipping ids that name none; returns the
+    number published, once Kafka acknowledged them all."""
+    topic = messages_topic(settings, "transactional")
+    acks = []
+    for message_id, notice in notices:
+        if names_a_message(message_id, settings):
+            value = encode_model(notice_command(message_id, notice))
+            acks.append(await send(topic, value, partition_of(message_id) or 0))
+    for ack in acks:
+        await ack
+    return len(acks)
 
 
 def report_effects(state: MessageState, notice: BounceNotice) -> tuple[MessageState, list[RecipientCommand]] | None:
@@ -128,17 +147,8 @@ class BounceListener(Service):  # type: ignore[misc]
     async def deliver(self, message_ids: list[str], report: Report) -> None:
         """Publish a notice per message the report's addresses name; returns once Kafka has them all (the
         listener answers 250 then, 451 if this raises, so the reporting MTA tries again)."""
-        at = clock.iso(datetime.now(UTC))
-        notice = BounceNotice(kind=report.kind, source="dsn", at=at, reason=report.reason)
-        topic = messages_topic(self.settings, "transactional")
-        acks = []
-        for message_id in dict.fromkeys(message_ids):
-            partition = partition_of(message_id)
-            if partition is None or partition >= self.settings.service.partitions:
-                continue
-            acks.append(await self.send(topic, encode_model(notice_command(message_id, notice)), partition))
-        for ack in acks:
-            await ack
+        notice = BounceNotice(kind=report.kind, source="dsn", at=clock.iso(datetime.now(UTC)), reason=report.reason)
+        await publish_notices(self.send, self.settings, [(m, notice) for m in dict.fromkeys(message_ids)])
 
     @staticmethod
     def junk() -> None:

@@ -11,16 +11,18 @@ report comes. Anything else is counted as junk; an address naming no message is 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiosmtplib
+import httpx
 import pytest
 
 from streamapp.mail.unsubscribe import unsubscribe_keys
 from streamapp.mail.verp import return_path
-from tests.fixtures import Worker, WorkerPool, client, eventually, free_port, get_when, metric_value
+from tests.fixtures import TOKENS, Worker, WorkerPool, client, eventually, free_port, get_when, metric_value
 from tests.mail.fixtures import Peers
 from tests.mail.test_bounces import ARF, dsn
 from tests.sending.fixtures import add_recipients, recipient, settings_of, smtp_extra, write_templates
@@ -145,3 +147,41 @@ def test_junk_is_dropped_and_counted_and_a_made_up_address_is_refused(setup: Set
     with pytest.raises(aiosmtplib.SMTPRecipientRefused):
         report(listen, forged, dsn("failed", "5.1.1", "550 no such user", "rep-junk@example.com"))
     assert recipient(worker, "rep-junk")["status"] == "active"
+
+
+def test_the_generic_webhook_applies_events_once_whatever_way_its_token_comes(setup: Setup) -> None:
+    worker = setup.first
+    add_recipients(worker, ["hook-hard", "hook-abuse"])
+    hard, abuse = sent_message(worker, "hook-hard"), sent_message(worker, "hook-abuse")
+    events = {"events": [
+        {"id": "e1", "type": "bounce", "kind": "hard", "messageId": hard, "reason": "550 5.1.1 no such user"},
+        {"id": "e2", "type": "complaint", "messageId": abuse, "time": "2026-12-01T10:00:00Z"},
+        {"id": "e3", "type": "bounce", "email": "someone@example.org"},  # an address alone: ignored for now
+        {"id": "e4", "type": "bounce", "messageId": "not-one-of-ours"},
+    ]}  # fmt: skip
+    token = TOKENS["sender"]
+    basic = base64.b64encode(f"provider:{token}".encode()).decode()
+    url = f"{worker.url}/api/v1/bounces"
+    answers = [
+        httpx.post(url, json=events, headers={"Authorization": f"Bearer {token}"}),
+        httpx.post(url, json=events, headers={"Authorization": f"Basic {basic}"}),  # the provider retried
+        httpx.post(f"{url}?provider=generic&token={token}", json=events),
+    ]
+    assert [(a.status_code, a.json()) for a in answers] == [(202, {"accepted": 2, "ignored": 2})] * 3
+    assert get_when(worker, f"/api/v1/messages/{hard}", lambda m: m["status"] == "bounced")["reason"].startswith("550")
+    eventually(lambda: recipient(worker, "hook-hard")["status"] == "bounced")
+    eventually(lambda: recipient(worker, "hook-abuse")["status"] == "unsubscribed")
+    eventually(lambda: history_types(worker, "hook-abuse").count("mail.complained") == 1)
+    webhook = sum(metric_value(w.url, "streamapp_bounces_total", source="webhook") for w in setup.workers)
+    assert webhook == 2
+
+    refused = [
+        httpx.post(url, json=events),
+        httpx.post(f"{url}?token=wrong", json=events),
+        httpx.post(url, json=events, headers={"Authorization": f"Bearer {TOKENS['reader']}"}),
+        httpx.post(f"{url}?provider=ses&token={token}", json=events),
+        httpx.post(f"{url}?token={token}", json={"events": [{"id": "x", "type": "bounce", "time": "yesterday"}]}),
+    ]
+    assert [r.status_code for r in refused] == [401, 401, 403, 422, 422]
+    assert [d["path"] for d in refused[3].json()["details"]] == ["/query/provider"]
+    assert [d["path"] for d in refused[4].json()["details"]] == ["/events/0/time"]
