@@ -38,6 +38,7 @@ from bench.smtp_raw import message as raw_message
 from bench.smtp_raw import raw
 from streamapp.core.models import SendMessage
 from streamapp.kafka.topics import bootstrap_servers
+from streamapp.mail.dkim import generate_key
 from streamapp.sending.enqueue import enqueue, enqueue_with
 from streamapp.settings import Settings
 from tests.fixtures import Worker
@@ -102,6 +103,14 @@ def latency_run(worker: Worker, campaign_ids: list[str], vip: str, samples: int)
             "campaign_still_queued_after_last_sample": int(campaign_left)}  # fmt: skip
 
 
+def dkim_tables(base: Path, algorithms: str | None) -> str:
+    """`[[dkim]]` keys for the sender's domain (example.com), written under `base`."""
+    chosen = {"rsa": ["rsa"], "ed25519": ["ed25519"], "both": ["rsa", "ed25519"]}.get(algorithms or "", [])
+    keys = [generate_key("example.com", f"bench{a[0]}", a, out_dir=base) for a in chosen]  # type: ignore[arg-type]
+    return "".join(f'\n[[dkim]]\ndomain = "example.com"\nselector = "bench{a[0]}"\nprivate_key = "{k.key_path}"\n'
+                   for a, k in zip(chosen, keys, strict=True))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--broker", default=os.environ.get("STREAMAPP_TEST_BROKER", "kafka://127.0.0.1:19092"))
@@ -110,14 +119,17 @@ def main() -> None:
     parser.add_argument("--queued", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--no-pipelining", action="store_true", help="[smtp] pipelining = false (aiosmtplib alone)")
+    parser.add_argument("--dkim", choices=("rsa", "ed25519", "both"), help="sign every message with [[dkim]] keys")
     args = parser.parse_args()
     with sink_and_pool(args.broker, "bench-send-") as (port, base, pool):
-        results: dict[str, object] = {"connections": args.connections, "pipelining": not args.no_pipelining}
+        results: dict[str, object] = {"connections": args.connections, "pipelining": not args.no_pipelining,
+                                      "dkim": args.dkim}  # fmt: skip
         results["raw"] = asyncio.run(raw(port, args.connections, 20_000, raw_message()))
         write_templates(base)
         extra = smtp_extra(port, connections=args.connections)
         if args.no_pipelining:
             extra = extra.replace("[smtp]\n", "[smtp]\npipelining = false\n", 1)
+        extra += dkim_tables(base, args.dkim)
         worker = pool.create(extra=extra)
         tag = uuid.uuid4().hex[:6]
         ids = [f"b{tag}-{i}" for i in range(max(args.campaign, args.queued))]
