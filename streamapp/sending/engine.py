@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -144,35 +144,35 @@ class SendEngine(Service):  # type: ignore[misc]
         self._accept(Job(command, message.partition, event))
 
     def _accept(self, job: Job) -> None:
-        """An audience command is registered and a bounce report applied (then acked), any other message queued."""
-        if job.command.report is not None:
-            self.add_future(self._reported(job))
-            return
-        if job.command.audience is None:
+        """A bounce report is applied and an audience command registered (each then acked), any other message
+        queued."""
+        command = job.command
+        if command.report is not None:
+            self._record_then_ack(
+                job, self.reports.apply(job.partition, command), f"the report on message {command.messageId}"
+            )
+        elif command.audience is not None:
+            self._record_then_ack(
+                job, self.audiences.register(job.partition, command), f"audience send {command.batchId}"
+            )
+        else:
             self.dispatcher.submit(job)
-            return
 
-        async def register() -> None:
+    def _record_then_ack(self, job: Job, record: Awaitable[None], what: str) -> None:
+        """Run `record` beside the dispatcher and ack the job's event once it is done; a failure to record
+        stops the worker (the event is read again), unless it stops anyway or the partition moved."""
+
+        async def run() -> None:
             try:
-                await self.audiences.register(job.partition, job.command)
+                await record
             except Exception as exc:
                 if not self._stopping() and job.partition in self._assigned_partitions():
-                    log.exception("cannot record audience send %s: stopping the worker", job.command.batchId)
+                    log.exception("cannot record %s: stopping the worker", what)
                     await self.kafka.crash(exc)
                 return
             self._ack(job)
 
-        self.add_future(register())
-
-    async def _reported(self, job: Job) -> None:
-        try:
-            await self.reports.apply(job.partition, job.command)
-        except Exception as exc:
-            if not self._stopping() and job.partition in self._assigned_partitions():
-                log.exception("cannot apply the report about message %s: stopping the worker", job.command.messageId)
-                await self.kafka.crash(exc)
-            return
-        self._ack(job)
+        self.add_future(run())
 
     def _read_again(self, tp: Any, start: int, end: int) -> None:
         """Offsets [start, end) never reached the agent: read them ourselves (streamapp.kafka.gaps)."""
