@@ -1054,20 +1054,15 @@ def _read_bounces(r: _Reader, data: Any) -> BounceSettings:
         domain = t.get("domain", str, None, lambda v: None if _HOST_NAME.fullmatch(v) else "must be a domain name")
         local = t.get("local", str, "bounce", lambda v: None if _VERP_LOCAL.fullmatch(v) else
                       "must be 1 to 12 of a-z 0-9 . _ - (the return path's local part, before +token)")  # fmt: skip
-        listen = t.get("listen", str, None, _host_port)
+        listen = t.get("listen", str, None, lambda v: None if _split_host_port(v) else
+                       "must be host:port, e.g. 127.0.0.1:2526")  # fmt: skip
         if listen is not None and domain is None:
             r.error(t.at("listen"), "needs bounces.domain: the listener accepts mail for that domain only")
         return BounceSettings(domain.lower() if domain else None, local, _split_host_port(listen) if listen else None)
 
 
-def _host_port(value: str) -> str | None:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return "must be host:port, e.g. 127.0.0.1:2526"
-    return None
-
-
 def _split_host_port(value: str) -> tuple[str, int] | None:
+    """`host:port` (an IPv6 host in brackets) as (host, port); None when it is not one."""
     host, _, port = value.rpartition(":")
     return (host.strip("[]"), int(port)) if host and port.isdigit() and 0 < int(port) < 65536 else None
 

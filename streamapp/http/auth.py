@@ -44,10 +44,7 @@ class Authenticator:
             secret = request.query.get("token", "")
         if not secret.strip():
             raise ApiError(401, "missing token (bearer, basic password or ?token=)", headers=UNAUTHORIZED_HEADERS)
-        token = self._known(secret.strip())
-        if not token.allows(scope):
-            raise ApiError(403, f"token {token.name!r} lacks scope {scope!r}")
-        return token
+        return _scoped(self._known(secret.strip()), scope)
 
     def _known(self, secret: str) -> TokenSettings:
         digest = hashlib.sha256(secret.encode()).hexdigest()
@@ -61,10 +58,13 @@ class Authenticator:
 
     def require(self, request: web.Request, scope: str) -> TokenSettings:
         """401 without a known token, 403 without the scope."""
-        token = self.identify(request)
-        if not token.allows(scope):
-            raise ApiError(403, f"token {token.name!r} lacks scope {scope!r}")
-        return token
+        return _scoped(self.identify(request), scope)
+
+
+def _scoped(token: TokenSettings, scope: str) -> TokenSettings:
+    if not token.allows(scope):
+        raise ApiError(403, f"token {token.name!r} lacks scope {scope!r}")
+    return token
 
 
 def require_database(token: TokenSettings, database: str) -> None:

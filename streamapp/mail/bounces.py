@@ -18,13 +18,15 @@ import email.policy
 import logging
 from dataclasses import dataclass
 from email.utils import getaddresses
-from typing import Literal
 
 from flufl.bounce import all_failures
 
+from streamapp.core.models import ReportKind
+
 log = logging.getLogger(__name__)
 
-Kind = Literal["hard", "soft", "complaint"]
+#: A report's kind, as the notice that carries it to the message's owner has it.
+Kind = ReportKind
 #: The largest report read: a DSN quotes at most the headers or the start of the message it returns.
 MAX_REPORT_BYTES = 1024 * 1024
 #: Reasons are kept to this many characters (they end up in history records and logs).

@@ -55,20 +55,15 @@ def notice_command(message_id: str, notice: BounceNotice) -> SendMessage:
                        enqueuedAt=notice.at, report=notice)  # fmt: skip
 
 
-def names_a_message(message_id: str, settings: Settings) -> bool:
-    partition = partition_of(message_id)
-    return partition is not None and partition < settings.service.partitions
-
-
 async def publish_notices(send: Send, settings: Settings, notices: Iterable[tuple[str, BounceNotice]]) -> int:
     """Publish each (message id, notice) to the message's partition, skipping ids that name none; returns the
     number published, once Kafka acknowledged them all."""
     topic = messages_topic(settings, "transactional")
     acks = []
     for message_id, notice in notices:
-        if names_a_message(message_id, settings):
-            value = encode_model(notice_command(message_id, notice))
-            acks.append(await send(topic, value, partition_of(message_id) or 0))
+        partition = partition_of(message_id)
+        if partition is not None and partition < settings.service.partitions:
+            acks.append(await send(topic, encode_model(notice_command(message_id, notice)), partition))
     for ack in acks:
         await ack
     return len(acks)
@@ -112,9 +107,10 @@ class ReportEffects:
         notice = command.report
         assert notice is not None
         state = self.ledger.get(partition, command.messageId)
-        effects = report_effects(state, notice) if state is not None else None
         if state is None:
             log.info("%s report for message %s, which the ledger no longer has", notice.kind, command.messageId)
+            return
+        effects = report_effects(state, notice)
         if effects is None:
             return
         row, commands = effects

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,16 +36,29 @@ class PeerProcess(ChildProcess):
     def start(self, timeout: float = 15.0) -> PeerProcess:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.command[0]} exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
+        process = self.process
+
+        def running() -> None:
+            if process.poll() is not None:
+                raise AssertionError(f"{self.command[0]} exited with {process.returncode}:\n{self.tail()}")
+
+        if wait_listening(self.port, timeout, running):
+            return self
         raise AssertionError(f"{self.command} not listening after {timeout}s:\n{self.tail()}")
+
+
+def wait_listening(port: int, timeout: float, check: Callable[[], None] = lambda: None) -> bool:
+    """Whether 127.0.0.1:`port` accepts a connection within `timeout`; `check` runs before each try (it
+    raises when the server is gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 @dataclass
@@ -165,13 +178,8 @@ smtputf8_enable = no
 
     def start(self) -> PostfixRelay:
         self._postfix("start")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
+        if wait_listening(self.port, 30):
+            return self
         raise AssertionError(f"Postfix not listening on {self.port}:\n{self.tail()}")
 
     def stop(self) -> None:

@@ -26,7 +26,7 @@ from streamapp.http.schemas import BounceEvent, BounceEvents
 from streamapp.http.validate import validate
 from streamapp.kafka.publisher import ACK_DEADLINE, acknowledged_within, faust_send
 from streamapp.runtime import StreamApp
-from streamapp.sending.reports import names_a_message, publish_notices
+from streamapp.sending.reports import publish_notices
 
 PROVIDERS = ("generic",)
 
@@ -49,8 +49,7 @@ class BounceRoutes:
                       if e.time is not None and _time(e.time) is None]:  # fmt: skip
             raise unprocessable(errors)
         now = clock.iso(datetime.now(UTC))
-        notices = [(str(e.messageId), _notice(e, now)) for e in events if e.messageId]
-        notices = [(m, n) for m, n in notices if names_a_message(m, self.sa.settings)]
+        notices = [(e.messageId, _notice(e, now)) for e in events if e.messageId]
         async with acknowledged_within(ACK_DEADLINE):
             published = await publish_notices(faust_send(self.sa.faust), self.sa.settings, notices)
         answer = {"accepted": published, "ignored": len(events) - published}
