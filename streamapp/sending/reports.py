@@ -20,6 +20,7 @@ batch's and campaign's bookkeeping like opens and clicks (streamapp.sending.ledg
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -95,13 +96,33 @@ def report_effects(state: MessageState, notice: BounceNotice) -> tuple[MessageSt
 
 
 class ReportEffects:
-    """Applies the notices of the partitions this worker's send engine owns."""
+    """Applies the notices of the partitions this worker's send engine owns.
+
+    The engine applies each notice as it arrives, beside the others, so two notices about one message (an
+    MTA that retried, a soft then a hard bounce) would both read the row before either wrote it: notices
+    about the same message take turns (`_turns`, a lock per message id while any of its notices is open).
+    """
 
     def __init__(self, ledger: Ledger, publish: Publish) -> None:
         self.ledger = ledger
         self.publish = publish
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def apply(self, partition: int, command: SendMessage) -> None:
+        key = command.messageId
+        lock, users = self._turns.get(key, (asyncio.Lock(), 0))
+        self._turns[key] = (lock, users + 1)
+        try:
+            async with lock:
+                await self._apply(partition, command)
+        finally:
+            lock, users = self._turns[key]
+            if users == 1:
+                del self._turns[key]
+            else:
+                self._turns[key] = (lock, users - 1)
+
+    async def _apply(self, partition: int, command: SendMessage) -> None:
         """Recipient commands first, then the row: a crash in between applies the report again (the
         commands are idempotent), never loses it."""
         notice = command.report
